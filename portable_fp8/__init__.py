@@ -1,0 +1,1 @@
+"""portable-fp8: one FP8 operator API with pluggable backends."""

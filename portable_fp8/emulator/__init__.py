@@ -1,0 +1,1 @@
+"""The reference emulator: portable-fp8's numerics contract, executed on the CPU."""
