@@ -1,1 +1,54 @@
-"""portable-fp8: one FP8 operator API with pluggable backends."""
+"""portable-fp8: one FP8 operator API (casts, quantize, scaled GEMMs) on every accelerator.
+
+Model code imports the ops from here; the registry picks the backend that runs them::
+
+    import portable_fp8 as fp8
+
+    q = fp8.quantize(x, "e4m3fn", granularity="rowwise")
+    y = fp8.scaled_mm(q, fp8.quantize(w, "e4m3fn", granularity="rowwise").t())
+"""
+
+from .errors import (
+    BackendUnavailableError,
+    Fp8Error,
+    Fp8TypeError,
+    Fp8ValueError,
+    NotSupportedError,
+    UnknownBackendError,
+    UnknownFormatError,
+)
+from .formats import FORMATS, Format, get_format
+from .granularity import GRANULARITIES, Granularity, get_granularity
+from .ops import cast_from_fp8, cast_to_fp8, compute_amax, dequantize, quantize, scaled_mm
+from .registry import ENV_VAR, get_backend, list_backends, select_backend, use_backend
+from .tensor import Fp8Tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "ENV_VAR",
+    "FORMATS",
+    "Format",
+    "Fp8Error",
+    "Fp8Tensor",
+    "Fp8TypeError",
+    "Fp8ValueError",
+    "GRANULARITIES",
+    "Granularity",
+    "NotSupportedError",
+    "UnknownBackendError",
+    "UnknownFormatError",
+    "cast_from_fp8",
+    "cast_to_fp8",
+    "compute_amax",
+    "dequantize",
+    "get_backend",
+    "get_format",
+    "get_granularity",
+    "list_backends",
+    "quantize",
+    "scaled_mm",
+    "select_backend",
+    "use_backend",
+]

@@ -176,27 +176,63 @@ class Format:
 
 
 E4M3FN = Format(
-    "e4m3fn", 4, 3, 7, 448.0, NanEncoding.ALL_ONES, torch_dtype_name="float8_e4m3fn",
+    "e4m3fn",
+    4,
+    3,
+    7,
+    448.0,
+    NanEncoding.ALL_ONES,
+    torch_dtype_name="float8_e4m3fn",
     description="OCP E4M3: no inf, NaN = S.1111.111, max 448",
 )
 E5M2 = Format(
-    "e5m2", 5, 2, 15, 57344.0, NanEncoding.IEEE, torch_dtype_name="float8_e5m2",
+    "e5m2",
+    5,
+    2,
+    15,
+    57344.0,
+    NanEncoding.IEEE,
+    torch_dtype_name="float8_e5m2",
     description="OCP E5M2: IEEE-style inf and NaN, max 57344",
 )
 E4M3FNUZ = Format(
-    "e4m3fnuz", 4, 3, 8, 240.0, NanEncoding.NEGATIVE_ZERO, torch_dtype_name="float8_e4m3fnuz",
+    "e4m3fnuz",
+    4,
+    3,
+    8,
+    240.0,
+    NanEncoding.NEGATIVE_ZERO,
+    torch_dtype_name="float8_e4m3fnuz",
     description="FNUZ E4M3: bias 8, one NaN at 0x80, no -0, no inf, max 240",
 )
 E5M2FNUZ = Format(
-    "e5m2fnuz", 5, 2, 16, 57344.0, NanEncoding.NEGATIVE_ZERO, torch_dtype_name="float8_e5m2fnuz",
+    "e5m2fnuz",
+    5,
+    2,
+    16,
+    57344.0,
+    NanEncoding.NEGATIVE_ZERO,
+    torch_dtype_name="float8_e5m2fnuz",
     description="FNUZ E5M2: bias 16, one NaN at 0x80, no -0, no inf, max 57344",
 )
 E4M3_GAUDI2 = Format(
-    "e4m3_gaudi2", 4, 3, 7, 240.0, NanEncoding.ALL_ONES, torch_dtype_name="float8_e4m3fn",
+    "e4m3_gaudi2",
+    4,
+    3,
+    7,
+    240.0,
+    NanEncoding.ALL_ONES,
+    torch_dtype_name="float8_e4m3fn",
     description="Gaudi2 E4M3: E4M3FN codes, range limited to +-240 (saturates at 240)",
 )
 E8M0FNU = Format(
-    "e8m0fnu", 8, 0, 127, 2.0**127, NanEncoding.EXPONENT_ALL_ONES, signed=False,
+    "e8m0fnu",
+    8,
+    0,
+    127,
+    2.0**127,
+    NanEncoding.EXPONENT_ALL_ONES,
+    signed=False,
     torch_dtype_name="float8_e8m0fnu",
     description="OCP MX E8M0 block scale: 2^(e-127), 0xFF = NaN, no sign, no zero",
 )
@@ -224,14 +260,14 @@ def get_format(spec: str | torch.dtype | Format) -> Format:
         for fmt in FORMATS.values():
             if fmt is not E4M3_GAUDI2 and getattr(torch, fmt.torch_dtype_name, None) == spec:
                 return fmt
-        raise UnknownFormatError(
-            f"{spec} is not an FP8 dtype; known formats: {', '.join(FORMATS)}"
-        )
+        raise UnknownFormatError(f"{spec} is not an FP8 dtype; known formats: {', '.join(FORMATS)}")
     if isinstance(spec, str):
         key = spec.lower().removeprefix("torch.").removeprefix("float8_")
         if key in FORMATS:
             return FORMATS[key]
-        raise UnknownFormatError(f"unknown FP8 format {spec!r}; known formats: {', '.join(FORMATS)}")
+        raise UnknownFormatError(
+            f"unknown FP8 format {spec!r}; known formats: {', '.join(FORMATS)}"
+        )
     raise UnknownFormatError(
         f"an FP8 format is named by a string or a torch dtype, not {type(spec).__name__}"
     )

@@ -1,0 +1,81 @@
+"""The ``reference`` backend: the emulator itself, exposed as a backend.
+
+Slow, exact and the definition of conformance. Runs on CPU tensors; other backends and the
+conformance suite compare against it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from portable_fp8.backend import Backend, Capabilities
+from portable_fp8.emulator.cast import (
+    as_fp8_tensor,
+    codes_of,
+    codes_to_float,
+    round_to_codes,
+    scaled_fp32,
+)
+from portable_fp8.emulator.gemm import AccumulatorModel, reference_scaled_mm
+from portable_fp8.formats import FORMATS, Format, element_formats
+from portable_fp8.granularity import GRANULARITIES, Granularity, as_2d_shape
+from portable_fp8.hookspecs import hookimpl
+from portable_fp8.tensor import Fp8Tensor
+
+__all__ = ["ReferenceBackend", "portable_fp8_backends"]
+
+
+def _elementwise_scale(scale: torch.Tensor, granularity: Granularity, shape) -> torch.Tensor:
+    """Scale broadcast to one value per element of a tensor of ``shape``."""
+    if granularity.is_tensorwise:
+        return scale.reshape(())
+    return granularity.expand(scale, as_2d_shape(shape)).reshape(shape)
+
+
+class ReferenceBackend(Backend):
+    """The reference emulator as a backend (CPU only)."""
+
+    name = "reference"
+    priority = 0
+
+    def __init__(self, accumulator: AccumulatorModel | None = None) -> None:
+        names = [f.name for f in element_formats()]
+        self.accumulator = accumulator
+        self.capabilities = Capabilities(
+            devices=frozenset({"cpu"}),
+            cast_formats=frozenset(FORMATS),
+            gemm_formats=frozenset((a, b) for a in names for b in names),
+            granularities=frozenset(GRANULARITIES),
+            accumulator=accumulator,
+            notes=("the numerics contract executed on the CPU; exact-sum GEMM",),
+        )
+
+    def cast_to_fp8(self, x, fmt: Format, scale, granularity, *, saturate, rand_bits):
+        y = scaled_fp32(x, _elementwise_scale(scale, granularity, x.shape))
+        codes = round_to_codes(y, fmt, saturate=saturate, rand_bits=rand_bits)
+        return as_fp8_tensor(codes, fmt)
+
+    def cast_from_fp8(self, q, fmt: Format, scale_inv, granularity, out_dtype):
+        values = codes_to_float(codes_of(q), fmt)
+        return (values * _elementwise_scale(scale_inv, granularity, q.shape)).to(out_dtype)
+
+    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c):
+        return reference_scaled_mm(
+            a.data,
+            b.data,
+            a.format,
+            b.format,
+            a.scale,
+            b.scale,
+            a.granularity,
+            b.granularity,
+            out_dtype=out_dtype,
+            bias=bias,
+            c=c,
+            accumulator=self.accumulator,
+        )
+
+
+@hookimpl
+def portable_fp8_backends() -> list[Backend]:
+    return [ReferenceBackend()]

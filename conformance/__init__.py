@@ -1,0 +1,1 @@
+"""The conformance suite (installed as ``portable_fp8.conformance``)."""

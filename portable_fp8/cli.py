@@ -1,0 +1,82 @@
+"""The ``portable-fp8`` command line.
+
+``portable-fp8 backends`` lists every backend, whether it can run here (and why not), which
+implementation path it uses and what it declares. ``portable-fp8 conformance`` runs the
+conformance suite (see :mod:`portable_fp8.conformance`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from . import registry
+
+__all__ = ["main"]
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    backends = registry.list_backends()
+    rows = []
+    for name, backend in sorted(backends.items(), key=lambda kv: -kv[1].priority):
+        reason = registry.unavailable_reason(backend)
+        info = {
+            "name": name,
+            "available": reason is None,
+            "reason": reason,
+            "priority": backend.priority,
+            "capabilities": backend.capabilities.as_dict(),
+        }
+        if reason is None:
+            try:
+                info["implementation"] = backend.describe()
+            except Exception as exc:  # describing must never hide the listing
+                info["implementation"] = {"error": str(exc)}
+        rows.append(info)
+    errors = registry.plugin_errors()
+    if args.json:
+        json.dump({"backends": rows, "plugin_errors": errors}, sys.stdout, indent=2)
+        print()
+        return 0
+    for info in rows:
+        status = "available" if info["available"] else f"unavailable: {info['reason']}"
+        print(f"{info['name']:<12} priority {info['priority']:>3}  {status}")
+        caps = info["capabilities"]
+        print(f"  devices       {', '.join(caps['devices'])}")
+        print(f"  cast formats  {', '.join(caps['cast_formats'])}")
+        print(f"  granularities {', '.join(caps['gemm_granularities'])}")
+        print(f"  rounding      {', '.join(caps['rounding'])}")
+        print(f"  out dtypes    {', '.join(caps['out_dtypes'])}")
+        print(f"  accumulator   {caps['accumulator']}")
+        for key, value in info.get("implementation", {}).items():
+            print(f"  {key:<13} {value}")
+    for name, error in errors.items():
+        print(f"{name:<12} failed to load: {error}")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="portable-fp8", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_backends = sub.add_parser("backends", help="list backends, availability and capabilities")
+    p_backends.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p_backends.set_defaults(func=_cmd_backends)
+    try:
+        from .conformance.cli import add_parser as add_conformance
+    except ImportError:
+        pass
+    else:
+        add_conformance(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``portable-fp8`` console script; returns the exit status."""
+    args = _build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

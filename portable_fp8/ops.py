@@ -1,0 +1,323 @@
+"""The FP8 operator API that model code calls.
+
+Every function validates its arguments here, once, then hands them to the backend chosen by
+the registry (see :mod:`portable_fp8.registry`). Scales follow one convention: a scale is
+the **quantisation multiplier** (``cast_to_fp8(x, scale=s)`` stores ``x * s``, and
+dequantising multiplies by ``fp32(1 / s)``).
+
+Errors: wrong types raise :class:`~portable_fp8.errors.Fp8TypeError`, wrong shapes,
+devices or values :class:`~portable_fp8.errors.Fp8ValueError`, unknown formats
+:class:`~portable_fp8.errors.UnknownFormatError`, features the backend does not declare
+:class:`~portable_fp8.errors.NotSupportedError`. Inputs of any strides are accepted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import Backend
+from .emulator.cast import amax as _amax
+from .errors import Fp8TypeError, Fp8ValueError, NotSupportedError
+from .formats import Format, get_format
+from .granularity import TENSORWISE, Granularity, as_2d_shape, get_granularity
+from .registry import select_backend
+from .scaling import reciprocal
+from .tensor import Fp8Tensor
+
+__all__ = [
+    "cast_to_fp8",
+    "cast_from_fp8",
+    "compute_amax",
+    "quantize",
+    "dequantize",
+    "scaled_mm",
+]
+
+_HIGH_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
+_ROUNDINGS = ("nearest", "stochastic")
+
+FormatLike = str | torch.dtype | Format
+
+
+def _check_tensor(x: object, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise Fp8TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _check_high_precision(x: object, what: str = "x") -> torch.Tensor:
+    x = _check_tensor(x, what)
+    if x.dtype not in _HIGH_PRECISION:
+        raise Fp8TypeError(f"{what} must be float32, bfloat16 or float16, got {x.dtype}")
+    return x
+
+
+def _backend_for(backend: str | None, *tensors: torch.Tensor) -> Backend:
+    devices = {t.device.type for t in tensors}
+    if len(devices) > 1:
+        raise Fp8ValueError(f"tensors are on different devices: {sorted(devices)}")
+    device = devices.pop() if devices else "cpu"
+    chosen = select_backend(backend, device)
+    if device not in chosen.capabilities.devices:
+        raise NotSupportedError(chosen.name, f"tensors on device {device!r}")
+    return chosen
+
+
+def _require(backend: Backend, ok: bool, feature: str) -> None:
+    if not ok:
+        raise NotSupportedError(backend.name, feature)
+
+
+def _element_format(spec: FormatLike) -> Format:
+    fmt = get_format(spec)
+    if fmt.is_scale_format:
+        raise Fp8ValueError(f"{fmt.name} is a block-scale format, not an element format")
+    return fmt
+
+
+def _scale_tensor(
+    scale: torch.Tensor | float | None, like: torch.Tensor, shape: tuple[int, ...], what: str
+) -> torch.Tensor:
+    """The scale as an fp32 tensor of ``shape`` on ``like``'s device (None -> 1.0)."""
+    if scale is None:
+        return torch.ones(shape, dtype=torch.float32, device=like.device)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)):
+        raise Fp8TypeError(f"{what} must be a float or a tensor, got {type(scale).__name__}")
+    if not isinstance(scale, torch.Tensor):
+        return torch.full(shape, float(scale), dtype=torch.float32, device=like.device)
+    if not scale.is_floating_point():
+        raise Fp8TypeError(f"{what} must be a floating-point tensor, got {scale.dtype}")
+    if scale.device != like.device:
+        raise Fp8ValueError(f"{what} is on {scale.device} but the input is on {like.device}")
+    if tuple(scale.shape) != shape and not (shape == () and scale.numel() == 1):
+        raise Fp8ValueError(f"{what} must have shape {shape}, got {tuple(scale.shape)}")
+    return scale.to(torch.float32).reshape(shape)
+
+
+def _rand_bits(
+    x: torch.Tensor,
+    rounding: str,
+    rand_bits: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> torch.Tensor | None:
+    if rounding not in _ROUNDINGS:
+        raise Fp8ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+    if rounding == "nearest":
+        if rand_bits is not None or generator is not None:
+            raise Fp8ValueError("rand_bits and generator need rounding='stochastic'")
+        return None
+    if rand_bits is None:
+        return torch.randint(
+            -(2**31), 2**31, x.shape, dtype=torch.int32, device=x.device, generator=generator
+        )
+    rand_bits = _check_tensor(rand_bits, "rand_bits")
+    if rand_bits.dtype not in (torch.int32, torch.int64, torch.uint32):
+        raise Fp8TypeError(f"rand_bits must be int32, uint32 or int64, got {rand_bits.dtype}")
+    if rand_bits.shape != x.shape:
+        raise Fp8ValueError(f"rand_bits has shape {tuple(rand_bits.shape)}, x {tuple(x.shape)}")
+    if rand_bits.device != x.device:
+        raise Fp8ValueError(f"rand_bits is on {rand_bits.device} but x is on {x.device}")
+    return rand_bits
+
+
+def _check_cast_support(backend: Backend, fmt: Format, saturate: bool, rounding: str) -> None:
+    caps = backend.capabilities
+    _require(backend, fmt.name in caps.cast_formats, f"casts to {fmt.name}")
+    _require(backend, saturate or caps.non_saturating, "non-saturating casts")
+    _require(backend, rounding in caps.rounding, f"{rounding} rounding")
+
+
+def compute_amax(x: torch.Tensor) -> torch.Tensor:
+    """max |x| as an fp32 0-d tensor; NaN if any element is NaN; 0 for an empty tensor."""
+    return _amax(_check_high_precision(x))
+
+
+def cast_to_fp8(
+    x: torch.Tensor,
+    format: FormatLike = "e4m3fn",
+    scale: torch.Tensor | float | None = None,
+    *,
+    saturate: bool = True,
+    rounding: str = "nearest",
+    rand_bits: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Cast ``x`` (fp32/bf16/fp16) to FP8: the codes of ``x * scale`` in ``format``'s dtype.
+
+    ``scale`` is one quantisation multiplier for the whole tensor (a float or a 1-element
+    tensor; None means 1). Rounding is to nearest even, or stochastic with explicit
+    ``rand_bits`` (32-bit words, one per element) or random bits drawn from ``generator``.
+    ``saturate`` selects the saturating or the OCP non-saturating overflow table. See
+    :mod:`portable_fp8.emulator.cast` for the exact contract.
+
+    >>> import torch, portable_fp8 as fp8
+    >>> fp8.cast_to_fp8(torch.tensor([1.0, 500.0]), "e4m3fn").float()
+    tensor([  1., 448.])
+    """
+    x = _check_high_precision(x)
+    fmt = get_format(format)
+    s = _scale_tensor(scale, x, (), "scale")
+    bits = _rand_bits(x, rounding, rand_bits, generator)
+    chosen = _backend_for(backend, x)
+    _check_cast_support(chosen, fmt, saturate, rounding)
+    return chosen.cast_to_fp8(x, fmt, s, TENSORWISE, saturate=bool(saturate), rand_bits=bits)
+
+
+def cast_from_fp8(
+    q: torch.Tensor,
+    scale: torch.Tensor | float | None = None,
+    *,
+    format: FormatLike | None = None,
+    out_dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Dequantise FP8 codes: ``out_dtype(fp32(q) * fp32(1 / scale))``.
+
+    ``scale`` is the quantisation scale the codes were made with. ``format`` defaults to the
+    one ``q``'s dtype stores; name it for formats that share a dtype (``"e4m3_gaudi2"``)
+    or for codes held as uint8.
+    """
+    q = _check_tensor(q, "q")
+    if format is None:
+        if q.dtype == torch.uint8:
+            raise Fp8ValueError("uint8 codes need format= to say which FP8 format they hold")
+        fmt = get_format(q.dtype)
+    else:
+        fmt = get_format(format)
+        if q.dtype not in (torch.uint8, fmt.torch_dtype):
+            raise Fp8TypeError(f"q has dtype {q.dtype}, which does not store {fmt.name}")
+    if out_dtype not in _HIGH_PRECISION:
+        raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    s = _scale_tensor(scale, q, (), "scale")
+    chosen = _backend_for(backend, q)
+    _require(chosen, fmt.name in chosen.capabilities.cast_formats, f"casts from {fmt.name}")
+    return chosen.cast_from_fp8(q, fmt, reciprocal(s), TENSORWISE, out_dtype)
+
+
+def quantize(
+    x: torch.Tensor,
+    format: FormatLike = "e4m3fn",
+    *,
+    granularity: str | Granularity = "tensorwise",
+    scale: torch.Tensor | float | None = None,
+    margin: int = 0,
+    power_of_two: bool = False,
+    saturate: bool = True,
+    rounding: str = "nearest",
+    rand_bits: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    backend: str | None = None,
+) -> Fp8Tensor:
+    """Quantise ``x`` to an :class:`Fp8Tensor` with one scale per block of ``granularity``.
+
+    With ``scale=None`` the scales are computed from this tensor (current scaling): per
+    block, ``scale = format.max / (amax * 2**margin)``, rounded down to a power of two if
+    ``power_of_two`` (always, as the OCP MX rule, for ``mx_1x32``). A given ``scale`` must
+    have the granularity's scale shape (see :mod:`portable_fp8.granularity`).
+    """
+    x = _check_high_precision(x)
+    fmt = _element_format(format)
+    gran = get_granularity(granularity)
+    if x.dim() == 0 and not gran.is_tensorwise:
+        raise Fp8ValueError(f"granularity {gran.name} needs a tensor of at least 1 dimension")
+    bits = _rand_bits(x, rounding, rand_bits, generator)
+    chosen = _backend_for(backend, x)
+    _check_cast_support(chosen, fmt, saturate, rounding)
+    _require(chosen, gran.name in chosen.capabilities.granularities, f"{gran.name} scaling")
+    if scale is None:
+        return chosen.quantize_dynamic(
+            x,
+            fmt,
+            gran,
+            margin=margin,
+            power_of_two=power_of_two,
+            saturate=bool(saturate),
+            rand_bits=bits,
+        )
+    s = _scale_tensor(scale, x, gran.scale_shape(as_2d_shape(x.shape)), "scale")
+    data = chosen.cast_to_fp8(x, fmt, s, gran, saturate=bool(saturate), rand_bits=bits)
+    return Fp8Tensor(data, s, fmt, gran)
+
+
+def dequantize(
+    t: Fp8Tensor, out_dtype: torch.dtype = torch.float32, *, backend: str | None = None
+) -> torch.Tensor:
+    """The high-precision value of ``t``: ``out_dtype(fp32(t.data) * fp32(1 / t.scale))``."""
+    if not isinstance(t, Fp8Tensor):
+        raise Fp8TypeError(f"dequantize takes an Fp8Tensor, got {type(t).__name__}")
+    if out_dtype not in _HIGH_PRECISION:
+        raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    chosen = _backend_for(backend, t.data)
+    _require(
+        chosen, t.format.name in chosen.capabilities.cast_formats, f"casts from {t.format.name}"
+    )
+    return chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, out_dtype)
+
+
+def scaled_mm(
+    a: Fp8Tensor,
+    b: Fp8Tensor,
+    *,
+    out_dtype: torch.dtype = torch.bfloat16,
+    bias: torch.Tensor | None = None,
+    c: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``out_dtype(A @ B + bias + c)`` for quantised ``a`` (M x K) and ``b`` (K x N).
+
+    A and B are the dequantised operands; products are exact and the accumulation is the
+    backend's declared accumulator (see :mod:`portable_fp8.emulator.gemm`). Supported
+    granularity pairs (A, B): tensorwise x tensorwise, rowwise x columnwise,
+    block_1x128 x block_128x128 and mx_1x32 x mx_32x1, as the backend declares.
+    ``bias`` has shape (N,), ``c`` (M, N); both must be floating point.
+    """
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, Fp8Tensor):
+            raise Fp8TypeError(
+                f"{name} must be an Fp8Tensor (see quantize), got {type(t).__name__}"
+            )
+        if t.data.dim() != 2:
+            raise Fp8ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+    (m, k), (k2, n) = a.shape, b.shape
+    if k != k2:
+        raise Fp8ValueError(f"inner dimensions differ: a is {m}x{k}, b is {k2}x{n}")
+    if out_dtype not in _HIGH_PRECISION:
+        raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    extra = []
+    if bias is not None:
+        bias = _check_tensor(bias, "bias")
+        if not bias.is_floating_point() or tuple(bias.shape) != (n,):
+            raise Fp8ValueError(
+                f"bias must be a floating tensor of shape ({n},), got "
+                f"{bias.dtype} {tuple(bias.shape)}"
+            )
+        extra.append(bias)
+    if c is not None:
+        c = _check_tensor(c, "c")
+        if not c.is_floating_point() or tuple(c.shape) != (m, n):
+            raise Fp8ValueError(
+                f"c must be a floating tensor of shape ({m}, {n}), got {c.dtype} {tuple(c.shape)}"
+            )
+        extra.append(c)
+    chosen = _backend_for(backend, a.data, b.data, *extra)
+    caps = chosen.capabilities
+    _require(
+        chosen,
+        (a.format.name, b.format.name) in caps.gemm_formats,
+        f"GEMMs of {a.format.name} x {b.format.name}",
+    )
+    _require(
+        chosen,
+        (a.granularity.name, b.granularity.name) in caps.gemm_granularities,
+        f"GEMMs with {a.granularity.name} x {b.granularity.name} scaling",
+    )
+    _require(chosen, out_dtype in caps.out_dtypes, f"GEMM output {out_dtype}")
+    _require(chosen, bias is None or caps.gemm_bias, "GEMM bias")
+    _require(chosen, c is None or caps.gemm_accumulate, "GEMM accumulation into c")
+    mult = caps.gemm_dim_multiple
+    if mult > 1 and (k % mult or n % mult):
+        raise Fp8ValueError(
+            f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"
+        )
+    return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
