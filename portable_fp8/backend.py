@@ -145,7 +145,7 @@ class Backend:
     ) -> Fp8Tensor:
         """Current scaling: amax per block, scale from amax, cast. Override to fuse."""
         amax = self.amax(x, granularity)
-        if granularity.power_of_two and not power_of_two:
+        if granularity.power_of_two:  # OCP MX: the shared-exponent rule, whatever else asked
             scale = mx_scale_from_amax(amax, fmt)
         else:
             scale = scale_from_amax(amax, fmt, margin=margin, power_of_two=power_of_two)
