@@ -53,10 +53,11 @@ def _check_high_precision(x: object, what: str = "x") -> torch.Tensor:
 
 
 def _backend_for(backend: str | None, *tensors: torch.Tensor) -> Backend:
-    devices = {t.device.type for t in tensors}
-    if len(devices) > 1:
-        raise Fp8ValueError(f"tensors are on different devices: {sorted(devices)}")
-    device = devices.pop() if devices else "cpu"
+    device = tensors[0].device.type if tensors else "cpu"
+    for t in tensors[1:]:
+        if t.device.type != device:
+            devices = sorted({t.device.type for t in tensors})
+            raise Fp8ValueError(f"tensors are on different devices: {devices}")
     chosen = select_backend(backend, device)
     if device not in chosen.capabilities.devices:
         raise NotSupportedError(chosen.name, f"tensors on device {device!r}")

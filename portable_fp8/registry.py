@@ -56,6 +56,7 @@ class _State:
     backends: dict[str, Backend] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     unavailable: dict[str, str | None] = field(default_factory=dict)
+    by_device: dict[str, Backend] = field(default_factory=dict)
 
 
 _state: _State | None = None
@@ -167,9 +168,13 @@ def select_backend(name: str | None = None, device: str | None = None) -> Backen
     if chosen:
         return get_backend(chosen)
     device_type = device or "cpu"
+    state = _registry()
+    cached = state.by_device.get(device_type)
+    if cached is not None:
+        return cached
     candidates = [
         b
-        for b in _registry().backends.values()
+        for b in state.backends.values()
         if device_type in b.capabilities.devices and unavailable_reason(b) is None
     ]
     if not candidates:
@@ -177,4 +182,6 @@ def select_backend(name: str | None = None, device: str | None = None) -> Backen
             f"no available backend runs on device {device_type!r}; "
             "run `portable-fp8 backends` to see each backend and why it is unavailable"
         )
-    return max(candidates, key=lambda b: b.priority)
+    best = max(candidates, key=lambda b: b.priority)
+    state.by_device[device_type] = best
+    return best
