@@ -54,7 +54,8 @@ def reference_round(
     ``rand_bits`` (integers, read as unsigned 32-bit) selects stochastic rounding:
     ``hi`` iff ``f * 2**32 > r``.
     """
-    y = np.asarray(y, dtype=np.float32).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = np.asarray(y, dtype=np.float32).astype(np.float64)
     grid, gcodes = format_grid(fmt)
     mag = np.abs(y)
     finite = np.isfinite(y)

@@ -179,7 +179,11 @@ def _e8m0_magnitude_code(
         r = rand_bits.to(torch.int64) & 0xFFFFFFFF
         up = ((mantissa.to(torch.int64) << 9) > r).to(torch.int32)
     normal = exp_field + up
-    subnormal = (mantissa >= (3 << 21)).to(torch.int32)
+    if rand_bits is None:
+        subnormal = (mantissa >= (3 << 21)).to(torch.int32)
+    else:  # f = (mantissa - 2**22) / 2**22 between 2**-127 and 2**-126 (none below 2**-127)
+        frac32 = (mantissa.to(torch.int64) - (1 << 22)) << 10
+        subnormal = (frac32 > r).to(torch.int32)
     return torch.where(exp_field == 0, subnormal, normal)
 
 
