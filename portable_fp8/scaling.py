@@ -58,7 +58,9 @@ def scale_from_amax(
     amax = amax.to(torch.float32)
     degenerate = (amax == 0) | ~torch.isfinite(amax)
     safe = torch.where(degenerate, 1.0, amax)
-    scale = (fmt.max / safe) / 2.0**margin
+    # A tensor numerator: torch evaluates `python_float / tensor` as a reciprocal followed by
+    # a multiplication (two roundings); the contract's scale is one IEEE fp32 division.
+    scale = torch.full_like(safe, fmt.max) / safe / 2.0**margin
     scale = torch.where(degenerate, 1.0, scale).clamp(max=_MAX_SCALE)
     if power_of_two:
         scale = round_scale_to_power_of_two(scale)
