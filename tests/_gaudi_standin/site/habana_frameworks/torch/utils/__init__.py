@@ -1,0 +1,1 @@
+"""STAND-IN, NOT HARDWARE: fake ``habana_frameworks.torch.utils``."""
