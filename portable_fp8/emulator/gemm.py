@@ -135,8 +135,9 @@ def reference_scaled_mm(
     m, k = a.shape
     n = b.shape[1]
     a_shape, b_shape = (m, k), (k, n)
-    ra = a_granularity.expand(torch.reciprocal(a_scale.float()).double(), a_shape)
-    rb = b_granularity.expand(torch.reciprocal(b_scale.float()).double(), b_shape)
+    # .expand: tensorwise scales come back as (1, 1); the K-slices below need full shapes.
+    ra = a_granularity.expand(torch.reciprocal(a_scale.float()).double(), a_shape).expand(a_shape)
+    rb = b_granularity.expand(torch.reciprocal(b_scale.float()).double(), b_shape).expand(b_shape)
     step = None if accumulator is None else accumulator.promote_every
     total = torch.zeros(m, n, dtype=torch.float64)
     for lo, hi in _k_segments(k, a_granularity, b_granularity, a_shape, b_shape, step):
