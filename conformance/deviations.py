@@ -1,0 +1,46 @@
+"""Known deviations: a per-backend file listing cases that are expected to fail, and why.
+
+Format: one case per line, ``<case id> <reason>`` (the id has no spaces; the reason is the
+rest of the line and must not be empty). Blank lines and lines starting with ``#`` are
+ignored. A case listed here that fails is reported as "known deviation" with the reason; a
+listed id that matches no case of the run is warned about (it is probably stale or misspelt).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["parse_deviations", "load_deviations", "unmatched_deviations"]
+
+
+def parse_deviations(text: str, source: str = "<deviations>") -> dict[str, str]:
+    """Case id -> reason, from the file format above (errors name the line)."""
+    out: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) < 2 or not parts[1].strip():
+            raise ValueError(f"{source}:{lineno}: a known deviation needs a reason: {line!r}")
+        out[parts[0]] = parts[1].strip()
+    return out
+
+
+def load_deviations(path: str | Path | None) -> dict[str, str]:
+    """Read a known-deviations file (None: no deviations)."""
+    if path is None:
+        return {}
+    p = Path(path)
+    return parse_deviations(p.read_text(), str(p))
+
+
+def unmatched_deviations(deviations: dict[str, str], case_ids: Iterable[str]) -> list[str]:
+    """Listed ids that match no case; each is warned about."""
+    known = set(case_ids)
+    stale = sorted(i for i in deviations if i not in known)
+    for i in stale:
+        warnings.warn(f"known deviation {i!r} matches no conformance case", stacklevel=2)
+    return stale

@@ -1,0 +1,234 @@
+"""Run the suite on one backend: generate cases, run each, decide, apply known deviations.
+
+A case the backend's capabilities exclude is "not supported" without running. A case that
+runs and raises (any exception, ``NotSupportedError`` included: the backend claimed the
+feature) or disagrees with the reference is "failed", unless the known-deviations file
+lists it ("known deviation", with the file's reason).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import platform
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import portable_fp8
+from portable_fp8 import registry
+from portable_fp8.backend import Backend
+
+from .cases import generate_cases
+from .deviations import load_deviations, unmatched_deviations
+from .model import PROFILES, Case, CaseResult, Env, Verdict, backend_device
+
+__all__ = [
+    "CaseRecord",
+    "SuiteReport",
+    "resolve_backend",
+    "run_suite",
+    "run_case",
+    "list_cases",
+    "run_one",
+]
+
+
+@dataclass
+class CaseRecord:
+    """A case's identity and its result."""
+
+    id: str
+    kind: str
+    description: str
+    result: CaseResult
+
+
+@dataclass
+class SuiteReport:
+    """Everything a run found: what ran where, each case, the fingerprint."""
+
+    backend: str
+    profile: str
+    device: str
+    versions: dict[str, Any]
+    capabilities: dict[str, Any]
+    records: list[CaseRecord]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    unmatched_deviations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    command: str = ""
+
+    def counts(self) -> dict[str, int]:
+        """Number of cases per verdict (every verdict present, zeros included)."""
+        c = Counter(r.result.verdict for r in self.records)
+        return {v.value: c.get(v, 0) for v in Verdict}
+
+    @property
+    def failed(self) -> list[CaseRecord]:
+        return [r for r in self.records if r.result.verdict is Verdict.FAILED]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed (the CLI's exit status 0)."""
+        return not self.failed
+
+
+def resolve_backend(backend: Backend | str | None) -> Backend:
+    """A backend object from an object, a name, ``$PORTABLE_FP8_BACKEND`` or the automatic
+    choice (the available backend of highest priority on any device of this machine)."""
+    if isinstance(backend, Backend):
+        return backend
+    name = backend or os.environ.get(registry.ENV_VAR) or None
+    if name:
+        return registry.get_backend(name)
+    available = [
+        b for b in registry.list_backends().values() if registry.unavailable_reason(b) is None
+    ]
+    if not available:
+        raise portable_fp8.BackendUnavailableError("no backend is available on this machine")
+    return max(available, key=lambda b: b.priority)
+
+
+def _versions(backend: Backend, device: torch.device) -> dict[str, Any]:
+    try:
+        described = backend.describe()
+    except Exception as exc:  # a failing describe() must not stop the run
+        described = {"error": f"{type(exc).__name__}: {exc}"}
+    info: dict[str, Any] = {
+        "portable_fp8": portable_fp8.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "backend_describe": described,
+    }
+    if device.type == "cuda" and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run_one(case: Case, env: Env, deviations: dict[str, str]) -> CaseResult:
+    """Run one case (unless unsupported), turn exceptions into failures, apply deviations."""
+    if case.unsupported is not None:
+        return CaseResult(Verdict.NOT_SUPPORTED, detail=case.unsupported)
+    start = time.perf_counter()
+    try:
+        result = case.run(env)
+    except Exception as exc:
+        tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        where = "".join(tb[-3:]).strip()
+        result = CaseResult(
+            Verdict.FAILED,
+            detail=f"raised {type(exc).__name__}: {exc} (the backend declares this feature)",
+            reproducer="# traceback tail:\n# " + where.replace("\n", "\n# "),
+        )
+    result.seconds = time.perf_counter() - start
+    if result.verdict is Verdict.FAILED and case.id in deviations:
+        result.verdict = Verdict.KNOWN_DEVIATION
+        result.detail = f"known deviation: {deviations[case.id]} | {result.detail}"
+    return result
+
+
+class _Progress:
+    """A one-line progress bar on stderr, silent unless stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool | None) -> None:
+        self.total = total
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.failed = 0
+
+    def update(self, done: int, case_id: str, verdict: Verdict) -> None:
+        self.failed += verdict is Verdict.FAILED
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * done // max(self.total, 1)
+        bar = "#" * filled + "." * (width - filled)
+        text = f"\r[{bar}] {done}/{self.total} failed {self.failed}  {case_id[:60]:<60}"
+        sys.stderr.write(text)
+        if done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def list_cases(backend: Backend | str | None = None, profile: str = "quick") -> list[Case]:
+    """The cases a run of ``profile`` would have for ``backend``."""
+    b = resolve_backend(backend)
+    return generate_cases(Env(b, backend_device(b), profile))
+
+
+def run_suite(
+    backend: Backend | str | None = None,
+    *,
+    profile: str = "quick",
+    deviations: dict[str, str] | str | Path | None = None,
+    select: str | Callable[[str], bool] | None = None,
+    progress: bool | None = None,
+    fingerprint: bool = True,
+    command: str = "",
+) -> SuiteReport:
+    """Run the suite and return its report.
+
+    ``select`` is a glob over case ids (or a predicate) restricting the run; the
+    known-deviations ``deviations`` are a mapping or a file path. ``progress=None`` shows a
+    progress bar only when stderr is a terminal.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+    start = time.perf_counter()
+    b = resolve_backend(backend)
+    env = Env(b, backend_device(b), profile)
+    devs = deviations if isinstance(deviations, dict) else load_deviations(deviations)
+    cases = generate_cases(env)
+    stale = unmatched_deviations(devs, (c.id for c in cases))
+    if isinstance(select, str):
+        pattern = select
+        cases = [c for c in cases if fnmatch.fnmatchcase(c.id, pattern)]
+    elif select is not None:
+        cases = [c for c in cases if select(c.id)]
+    bar = _Progress(len(cases), progress)
+    records = []
+    for i, case in enumerate(cases, 1):
+        result = run_one(case, env, devs)
+        records.append(CaseRecord(case.id, case.kind, case.description, result))
+        bar.update(i, case.id, result.verdict)
+    fp: dict[str, Any] = {}
+    if fingerprint:
+        from .fingerprint import numerics_fingerprint
+
+        fp = numerics_fingerprint(env)
+    return SuiteReport(
+        backend=b.name,
+        profile=profile,
+        device=str(env.device),
+        versions=_versions(b, env.device),
+        capabilities=b.capabilities.as_dict(),
+        records=records,
+        fingerprint=fp,
+        unmatched_deviations=stale,
+        seconds=time.perf_counter() - start,
+        command=command,
+    )
+
+
+def run_case(
+    case_id: str, backend: Backend | str | None = None, profile: str | None = None
+) -> CaseResult:
+    """Run the single case ``case_id`` (looked up in the quick, then the full profile)."""
+    b = resolve_backend(backend)
+    for prof in (profile,) if profile else PROFILES:
+        env = Env(b, backend_device(b), prof)
+        for case in generate_cases(env):
+            if case.id == case_id:
+                return run_one(case, env, {})
+    raise KeyError(f"no conformance case {case_id!r} for backend {b.name!r}")
