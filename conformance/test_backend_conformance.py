@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from portable_fp8.conformance.model import Verdict
 from portable_fp8.conformance.pytest_plugin import suite_session
 from portable_fp8.conformance.runner import run_one
