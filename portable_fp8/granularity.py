@@ -70,7 +70,11 @@ class Granularity:
         if self.is_tensorwise:
             return ()
         br, bc = self.block(shape2d)
-        return (-(-shape2d[0] // br), -(-shape2d[1] // bc))
+        # A whole-dimension block (-1) is one block even when the dimension is empty, so a
+        # rowwise scale is (R, 1) for every R x C, C = 0 included.
+        rows = 1 if self.rows == -1 else -(-shape2d[0] // br)
+        cols = 1 if self.cols == -1 else -(-shape2d[1] // bc)
+        return (rows, cols)
 
     def transposed(self) -> Granularity:
         """The granularity of the transposed tensor (rowwise <-> columnwise, 1x128 -> 128x1)."""

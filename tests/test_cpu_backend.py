@@ -167,6 +167,17 @@ def test_gemm_within_fp32_accumulator_bound(pair, formats, out_dtype):
     assert ((got.double() - ref.double()).abs() <= 2 * bound).all()
 
 
+@pytest.mark.parametrize("pair", PAIRS, ids="x".join)
+@pytest.mark.parametrize("mkn", [(0, 5, 3), (3, 0, 4), (3, 5, 0), (0, 0, 0)], ids=str)
+def test_gemm_of_zero_size_operands(pair, mkn):
+    m, k, n = mkn
+    a = fp8.quantize(torch.randn(m, k), granularity=pair[0], backend="cpu")
+    b = fp8.quantize(torch.randn(k, n), granularity=pair[1], backend="cpu")
+    for backend in ("cpu", "reference"):
+        out = fp8.scaled_mm(a, b, out_dtype=torch.float32, bias=torch.ones(n), backend=backend)
+        assert out.shape == (m, n) and (out == 1).all()  # empty sum + bias
+
+
 def test_gemm_zero_k_and_zero_operands():
     z = fp8.quantize(torch.zeros(8, 16), "e4m3fn", backend="cpu")
     assert z.scale.item() == 1.0  # amax 0 -> scale 1

@@ -155,6 +155,17 @@ def test_scale_shape_and_expand(name):
     assert torch.equal(full.expand(shape), expected.expand(shape))
 
 
+def test_whole_dimension_blocks_of_empty_tensors():
+    # "-1" is one block along that dimension even when it is empty (found by fuzzing: a
+    # rowwise (3, 0) operand had (3, 0) scales, which torch._scaled_mm rejects).
+    assert get_granularity("rowwise").scale_shape((3, 0)) == (3, 1)
+    assert get_granularity("columnwise").scale_shape((0, 5)) == (1, 5)
+    assert get_granularity("block_1x128").scale_shape((3, 0)) == (3, 0)
+    assert get_granularity("mx_32x1").scale_shape((0, 4)) == (0, 4)
+    q = fp8.quantize(torch.empty(3, 0), granularity="rowwise", backend="reference")
+    assert q.scale.tolist() == [[1.0]] * 3
+
+
 @pytest.mark.parametrize(
     ("a", "b"),
     [
