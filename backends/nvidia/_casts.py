@@ -1,0 +1,459 @@
+"""Cast, amax and quantisation primitives shared by the ``cuda`` and ``triton`` backends.
+
+:class:`TritonCastsMixin` implements :class:`portable_fp8.backend.Backend`'s cast primitives
+with the kernels of :mod:`._triton_kernels` (contract-exact integer rounding), plus three
+extras the op layer does not expose yet: :meth:`~TritonCastsMixin.cast_with_amax` (delayed
+scaling: cast and amax in one pass), :meth:`~TritonCastsMixin.cast_transpose` (codes and their
+transpose from one read) and seeded stochastic rounding (:meth:`~TritonCastsMixin.philox_words`
+gives the words it uses, so the result can be checked bit for bit).
+
+Scales computed here also record their reciprocal (:func:`remember_scale_inv`), so that the
+GEMM does not launch a ``torch.reciprocal`` per operand per call.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import weakref
+from collections import OrderedDict
+from functools import lru_cache
+
+import torch
+
+from portable_fp8.formats import Format, NanEncoding
+from portable_fp8.granularity import Granularity, as_2d_shape
+from portable_fp8.scaling import reciprocal
+from portable_fp8.tensor import Fp8Tensor
+
+__all__ = [
+    "TritonCastsMixin",
+    "remember_scale_inv",
+    "scale_inv_of",
+    "fmt_constants",
+    "decode_table",
+]
+
+#: Formats whose saturating cast the GPU's ``cvt.rn.satfinite`` performs exactly (1: E4M3FN,
+#: 2: E5M2); the others (FNUZ, Gaudi2's 240 range) and stochastic rounding use integer code.
+_HW_CVT = {"e4m3fn": 1, "e5m2": 2}
+_FLAT_BLOCK = 4096
+_FLAT_WARPS = 8
+#: Margins up to this keep every scale_from_amax result a normal fp32 number (max >= 240 and
+#: amax <= 2**128 give scales >= 2**-120), which the in-kernel power-of-two rounding needs.
+_MAX_FUSED_MARGIN = 6
+
+# -- reciprocal cache ---------------------------------------------------------------------------
+
+_SCALE_INV: OrderedDict[int, tuple[weakref.ref, int, torch.Tensor]] = OrderedDict()
+_SCALE_INV_SIZE = 512
+
+
+def remember_scale_inv(scale: torch.Tensor, scale_inv: torch.Tensor) -> None:
+    """Record ``scale_inv == fp32(1 / scale)`` (valid while ``scale`` is not modified)."""
+    _SCALE_INV[id(scale)] = (weakref.ref(scale), scale._version, scale_inv)
+    if len(_SCALE_INV) > _SCALE_INV_SIZE:
+        _SCALE_INV.popitem(last=False)
+
+
+def scale_inv_of(t: Fp8Tensor) -> torch.Tensor:
+    """``fp32(1 / t.scale)``: recorded when this backend made the scale, else computed."""
+    scale = t.scale
+    hit = _SCALE_INV.get(id(scale))
+    if hit is not None and hit[0]() is scale and hit[1] == scale._version:
+        return hit[2]
+    inv = reciprocal(scale)
+    remember_scale_inv(scale, inv)
+    return inv
+
+
+# -- format constants ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def fmt_constants(fmt: Format, saturate: bool) -> dict:
+    """The constexpr arguments of :func:`_triton_kernels._encode` for one format and mode."""
+    nan = fmt.nan_code
+    if saturate:
+        overflow = fmt.max_code
+        inf = nan if fmt.nan_encoding is NanEncoding.NEGATIVE_ZERO else fmt.max_code
+    else:
+        overflow = inf = fmt.inf_code if fmt.has_inf else nan
+    hw = _HW_CVT.get(fmt.name, 0)
+    if K.INTERPRET or os.environ.get("PORTABLE_FP8_NVIDIA_INTEGER_CAST") == "1":
+        hw = 0
+    # Overflow boundary: max + half an ulp of max; the tie there rounds up iff max is odd.
+    ulp = 2.0 ** (math.floor(math.log2(fmt.max)) - fmt.mantissa_bits)
+    boundary = struct.unpack("<i", struct.pack("<f", fmt.max + ulp / 2))[0]
+    return {
+        "M": fmt.mantissa_bits,
+        "EMIN": fmt.min_normal_exponent,
+        "MAX_CODE": fmt.max_code,
+        "NAN_CODE": nan,
+        "OVF_CODE": overflow,
+        "INF_CODE": inf,
+        "NEG_ZERO": fmt.has_negative_zero,
+        "HW": hw,
+        "OVF_BITS": boundary,
+        "OVF_AT_TIE": bool(fmt.max_code & 1),
+    }
+
+
+@lru_cache(maxsize=64)
+def decode_table(fmt: Format, device: torch.device) -> torch.Tensor:
+    return fmt.code_values.to(dtype=torch.float32, device=device)
+
+
+def _scale_constants(fmt: Format, margin: int, power_of_two: bool) -> dict:
+    return {"FMT_MAX": float(fmt.max), "MARGIN_MUL": 2.0**-margin, "POW2": bool(power_of_two)}
+
+
+def _as_codes(x: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """An uninitialised uint8 tensor shaped like ``x`` (codes are written as bytes)."""
+    return torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+
+
+def _view_fmt(codes: torch.Tensor, fmt: Format) -> torch.Tensor:
+    dtype = fmt.torch_dtype
+    return codes if dtype == torch.uint8 else codes.view(dtype)
+
+
+def _rand_mode(rand_bits: torch.Tensor | None, seed: int | None) -> int:
+    if rand_bits is not None:
+        return 1
+    return 2 if seed is not None else 0
+
+
+def _rand_words(rand_bits: torch.Tensor | None) -> torch.Tensor | None:
+    """The random words as a contiguous int32/int64 tensor the kernels read."""
+    if rand_bits is None:
+        return None
+    if rand_bits.dtype == torch.uint32:
+        rand_bits = rand_bits.view(torch.int32)
+    return rand_bits.contiguous()
+
+
+class TritonCastsMixin:
+    """Backend cast primitives on Triton kernels (mixed into a :class:`Backend`)."""
+
+    # -- casts ---------------------------------------------------------------------------------
+
+    def cast_to_fp8(
+        self,
+        x: torch.Tensor,
+        fmt: Format,
+        scale: torch.Tensor,
+        granularity: Granularity,
+        *,
+        saturate: bool,
+        rand_bits: torch.Tensor | None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Codes of ``x * scale`` (contract-exact). ``seed``: Philox stochastic rounding."""
+        if x.numel() == 0:
+            return _view_fmt(_as_codes(x, fmt), fmt)
+        if granularity.is_tensorwise and x.is_contiguous():
+            codes, _ = self._cast_flat(x, fmt, scale, saturate, rand_bits, seed, fused_amax=False)
+            return _view_fmt(codes, fmt)
+        codes, _ = self._cast_2d(x, fmt, scale, granularity, saturate, rand_bits, seed, False)
+        return _view_fmt(codes, fmt)
+
+    def cast_with_amax(
+        self, x: torch.Tensor, fmt: Format, scale: torch.Tensor, *, saturate: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Delayed scaling in one pass: (codes of ``x * scale``, amax of ``x``) (tensorwise)."""
+        x = x.contiguous()
+        codes, amax = self._cast_flat(x, fmt, scale, saturate, None, None, fused_amax=True)
+        return _view_fmt(codes, fmt), amax
+
+    def cast_transpose(
+        self,
+        x: torch.Tensor,
+        fmt: Format,
+        scale: torch.Tensor,
+        granularity: Granularity,
+        *,
+        saturate: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes of the 2-D ``x * scale`` and, from the same read, their transpose (contiguous)."""
+        if x.dim() != 2:
+            raise ValueError("cast_transpose takes a 2-D tensor")
+        codes, codes_t = self._cast_2d(x, fmt, scale, granularity, saturate, None, None, True)
+        return _view_fmt(codes, fmt), _view_fmt(codes_t, fmt)
+
+    def philox_words(self, shape: tuple[int, ...], seed: int, device) -> torch.Tensor:
+        """The int32 words seeded stochastic rounding draws for a tensor of ``shape``."""
+        n = 1
+        for s in shape:
+            n *= s
+        out = torch.empty(n, dtype=torch.int32, device=device)
+        if n:
+            K.philox_words_kernel[(triton_cdiv(n, 1024),)](out, n, seed, BLOCK=1024)
+        return out.reshape(shape)
+
+    def cast_from_fp8(
+        self,
+        q: torch.Tensor,
+        fmt: Format,
+        scale_inv: torch.Tensor,
+        granularity: Granularity,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
+        if q.numel() == 0:
+            return out
+        r, c = as_2d_shape(q.shape)
+        q2 = q.reshape(r, c).view(torch.uint8) if q.dtype != torch.uint8 else q.reshape(r, c)
+        s2, gr, gc = _scale_2d(scale_inv.to(torch.float32), granularity, (r, c))
+        br, bc = 16, 256
+        K.dequant_2d_kernel[(triton_cdiv(r, br), triton_cdiv(c, bc))](
+            q2,
+            decode_table(fmt, q.device),
+            s2,
+            out,
+            r,
+            c,
+            q2.stride(0),
+            q2.stride(1),
+            s2.stride(0),
+            s2.stride(1),
+            GR=gr,
+            GC=gc,
+            BLOCK_R=br,
+            BLOCK_C=bc,
+        )
+        return out
+
+    # -- amax and current scaling --------------------------------------------------------------
+
+    def amax(self, x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
+        if not granularity.is_tensorwise or x.numel() == 0:
+            return super().amax(x, granularity)
+        bits = self._amax_bits(x.contiguous())
+        return bits.view(torch.float32).reshape(())
+
+    def quantize_dynamic(
+        self,
+        x: torch.Tensor,
+        fmt: Format,
+        granularity: Granularity,
+        *,
+        margin: int,
+        power_of_two: bool,
+        saturate: bool,
+        rand_bits: torch.Tensor | None,
+    ) -> Fp8Tensor:
+        fusable = (
+            rand_bits is None
+            and x.numel() > 0
+            and 0 <= margin <= _MAX_FUSED_MARGIN
+            and not granularity.power_of_two
+        )
+        if fusable and granularity.is_tensorwise:
+            return self._quantize_tensorwise(x.contiguous(), fmt, margin, power_of_two, saturate)
+        block = _fused_block_layout(granularity, x) if fusable else None
+        if block is not None:
+            return self._quantize_blocks(x, fmt, granularity, block, margin, power_of_two, saturate)
+        return super().quantize_dynamic(
+            x,
+            fmt,
+            granularity,
+            margin=margin,
+            power_of_two=power_of_two,
+            saturate=saturate,
+            rand_bits=rand_bits,
+        )
+
+    # -- launchers -----------------------------------------------------------------------------
+
+    def _amax_bits(self, x: torch.Tensor) -> torch.Tensor:
+        bits = torch.zeros(1, dtype=torch.int32, device=x.device)
+        n = x.numel()
+        K.amax_flat_kernel[(triton_cdiv(n, _FLAT_BLOCK),)](
+            x, bits, n, BLOCK=_FLAT_BLOCK, num_warps=_FLAT_WARPS
+        )
+        return bits
+
+    def _cast_flat(
+        self,
+        x,
+        fmt,
+        scale,
+        saturate,
+        rand_bits,
+        seed,
+        *,
+        fused_amax,
+        amax_in=None,
+        scale_out=None,
+        scale_inv_out=None,
+        margin=0,
+        power_of_two=False,
+    ):
+        n = x.numel()
+        out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
+        amax_out = torch.zeros(1, dtype=torch.int32, device=x.device) if fused_amax else out
+        words = _rand_words(rand_bits)
+        scale_arg = scale.to(torch.float32) if scale is not None else out
+        K.cast_flat_kernel[(triton_cdiv(n, _FLAT_BLOCK),)](
+            x,
+            scale_arg,
+            out,
+            words if words is not None else out,
+            amax_in if amax_in is not None else out,
+            amax_out,
+            scale_out if scale_out is not None else out,
+            scale_inv_out if scale_inv_out is not None else out,
+            n,
+            0 if seed is None else int(seed),
+            RAND=_rand_mode(words, seed),
+            SCALE_FROM_AMAX=amax_in is not None,
+            FUSED_AMAX=fused_amax,
+            BLOCK=_FLAT_BLOCK,
+            num_warps=_FLAT_WARPS,
+            **fmt_constants(fmt, saturate),
+            **_scale_constants(fmt, margin, power_of_two),
+        )
+        amax = amax_out.view(torch.float32).reshape(()) if fused_amax else None
+        return out, amax
+
+    def _cast_2d(self, x, fmt, scale, granularity, saturate, rand_bits, seed, write_t):
+        r, c = as_2d_shape(x.shape)
+        x2 = x.reshape(r, c)
+        out = torch.empty((r, c), dtype=torch.uint8, device=x.device)
+        out_t = torch.empty((c, r), dtype=torch.uint8, device=x.device) if write_t else out
+        s2, gr, gc = _scale_2d(scale.to(torch.float32), granularity, (r, c))
+        words = _rand_words(rand_bits)
+        br, bc = (32, 32) if write_t else (16, 256)
+        K.cast_2d_kernel[(triton_cdiv(r, br), triton_cdiv(c, bc))](
+            x2,
+            s2,
+            out,
+            out_t,
+            words if words is not None else out,
+            r,
+            c,
+            x2.stride(0),
+            x2.stride(1),
+            s2.stride(0),
+            s2.stride(1),
+            0 if seed is None else int(seed),
+            RAND=_rand_mode(words, seed),
+            GR=gr,
+            GC=gc,
+            WRITE_T=write_t,
+            BLOCK_R=br,
+            BLOCK_C=bc,
+            **fmt_constants(fmt, saturate),
+        )
+        return out.reshape(x.shape), (out_t if write_t else None)
+
+    def _quantize_tensorwise(self, x, fmt, margin, power_of_two, saturate) -> Fp8Tensor:
+        bits = self._amax_bits(x)
+        scale = torch.empty((), dtype=torch.float32, device=x.device)
+        scale_inv = torch.empty((), dtype=torch.float32, device=x.device)
+        codes, _ = self._cast_flat(
+            x,
+            fmt,
+            None,
+            saturate,
+            None,
+            None,
+            fused_amax=False,
+            amax_in=bits,
+            scale_out=scale,
+            scale_inv_out=scale_inv,
+            margin=margin,
+            power_of_two=power_of_two,
+        )
+        remember_scale_inv(scale, scale_inv)
+        return Fp8Tensor(_view_fmt(codes, fmt), scale, fmt, _tensorwise_of(x))
+
+    def _quantize_blocks(self, x, fmt, granularity, block, margin, power_of_two, saturate):
+        transpose, row_blocks, cols_per_program, block_r, block_c = block
+        shape2d = as_2d_shape(x.shape)
+        srows, scols = granularity.scale_shape(shape2d)
+        x2 = x.reshape(shape2d)
+        out = torch.empty(shape2d, dtype=torch.uint8, device=x.device)
+        scale = torch.empty((srows, scols), dtype=torch.float32, device=x.device)
+        scale_inv = torch.empty_like(scale)
+        xv, ov, sv, siv = x2, out, scale, scale_inv
+        if transpose:  # columnwise / 128x1: the row kernel on the transposed views
+            xv, ov, sv, siv = x2.t(), out.t(), scale.t(), scale_inv.t()
+        r, c = xv.shape
+        grid_c = 1 if cols_per_program == 0 else triton_cdiv(c, cols_per_program)
+        K.quantize_blocks_kernel[(triton_cdiv(r, block_r), grid_c)](
+            xv,
+            ov,
+            sv,
+            siv,
+            r,
+            c,
+            xv.stride(0),
+            xv.stride(1),
+            ov.stride(0),
+            ov.stride(1),
+            sv.stride(0),
+            sv.stride(1),
+            ROW_BLOCKS=row_blocks,
+            COLS_PER_PROGRAM=cols_per_program,
+            BLOCK_R=block_r,
+            BLOCK_C=block_c,
+            num_warps=4,
+            **fmt_constants(fmt, saturate),
+            **_scale_constants(fmt, margin, power_of_two),
+        )
+        remember_scale_inv(scale, scale_inv)
+        return Fp8Tensor(_view_fmt(out.reshape(x.shape), fmt), scale, fmt, granularity)
+
+
+def _tensorwise_of(x: torch.Tensor) -> Granularity:
+    from portable_fp8.granularity import TENSORWISE
+
+    return TENSORWISE
+
+
+def _fused_block_layout(granularity: Granularity, x: torch.Tensor):
+    """(transpose, row_blocks, cols_per_program, BLOCK_R, BLOCK_C) of the fused quantiser."""
+    gr, gc = granularity.rows, granularity.cols
+    if x.dim() == 0:
+        return None
+    transpose = False
+    if gr != 1 and gc == 1:  # columnwise and 128x1: rows of the transposed view
+        transpose, gr, gc = True, 1, gr
+    if gr == 1 and gc == -1:  # rowwise
+        return (transpose, True, 0, 4, 1024)
+    if gr == 1 and gc in (32, 64, 128):
+        return (transpose, True, gc, 32, gc)
+    if gr == gc == 128 and not transpose:
+        return (False, False, 128, 128, 128)
+    return None
+
+
+def _scale_2d(
+    scale: torch.Tensor, granularity: Granularity, shape2d: tuple[int, int]
+) -> tuple[torch.Tensor, int, int]:
+    """The scale as a 2-D tensor and its block shape for the kernels (0: whole dimension)."""
+    if granularity.is_tensorwise:
+        return scale.reshape(1, 1), 0, 0
+    br, bc = granularity.block(shape2d)
+    gr = 0 if granularity.rows == -1 else br
+    gc = 0 if granularity.cols == -1 else bc
+    return scale.reshape(granularity.scale_shape(shape2d)), gr, gc
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class _LazyKernels:
+    """The kernels module, imported on first use (so that importing this needs no triton)."""
+
+    def __getattr__(self, name: str):
+        from . import _triton_kernels
+
+        return getattr(_triton_kernels, name)
+
+
+K = _LazyKernels()

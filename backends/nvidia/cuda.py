@@ -1,0 +1,211 @@
+"""The ``cuda`` backend: GEMMs through cuBLASLt (``torch._scaled_mm``), casts in Triton.
+
+Layout handling for cuBLASLt (also stated in docs/nvidia.md): A is passed row-major and B
+column-major; an operand in the other layout is copied once. K and N must be multiples of 16:
+otherwise both operands are zero-padded along the short dimension (zero codes add exact
+zeros) and the output is sliced back, which copies the operands. The scales are passed as
+dequantisation factors ``fp32(1 / scale)``. Bias and ``C_in`` are added in fp32 to the fp32
+product and rounded once to the output dtype (cuBLASLt is then asked for fp32 output).
+
+1x128 x 128x128 GEMMs go to cuBLASLt where the installed torch and CUDA accept them (probed
+once on a small problem and checked against the Triton kernel) and K is a multiple of 128
+and N of 16, else to the Triton kernel (same declared accumulator); :meth:`describe` says
+which path the probe chose. Accumulation: ``use_fast_accum=False`` unless
+``PORTABLE_FP8_CUDA_FAST_ACCUM=1``; the declared accumulator (Hopper tensor-core partial sums
+promoted to fp32 every 128 of K) covers both the cuBLASLt and the Triton paths.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from portable_fp8.backend import Backend
+from portable_fp8.emulator.gemm import HOPPER_FAST_ACCUMULATOR
+from portable_fp8.hookspecs import hookimpl
+from portable_fp8.tensor import Fp8Tensor
+
+from ._base import GEMM_MODES, NvidiaBackend
+from ._casts import scale_inv_of
+
+__all__ = ["CudaBackend", "portable_fp8_backends"]
+
+_TENSORWISE, _ROWWISE, _BLOCKWISE = 0, 1, 2
+
+
+def _pad_to(t: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
+    extra = -t.shape[dim] % multiple
+    if extra == 0:
+        return t
+    pad = [0, 0, 0, 0]
+    pad[1 if dim == 1 else 3] = extra
+    return F.pad(t.view(torch.uint8), pad).view(t.dtype)
+
+
+class CudaBackend(NvidiaBackend):
+    """cuBLASLt GEMMs via torch._scaled_mm; Triton casts."""
+
+    name = "cuda"
+    priority = 50
+
+    def __init__(self) -> None:
+        self.fast_accum = os.environ.get("PORTABLE_FP8_CUDA_FAST_ACCUM") == "1"
+        super().__init__(
+            e5m2_pair=False,
+            notes=(
+                "GEMMs: cuBLASLt via torch._scaled_mm (use_fast_accum="
+                f"{self.fast_accum}); 1x128x128x128 via cuBLASLt where torch accepts it",
+                "K and N padded to multiples of 16 (copies) where they are not",
+                "casts: Triton kernels with integer round-to-nearest-even / stochastic rounding",
+            ),
+        )
+        if self.fast_accum:
+            from dataclasses import replace
+
+            self.capabilities = replace(self.capabilities, accumulator=HOPPER_FAST_ACCUMULATOR)
+        self._blockwise: str | None = None  # "cublas", "triton", or None (not probed yet)
+        self._blockwise_error = ""
+
+    def describe(self) -> dict:
+        facts = super().describe()
+        facts["gemm_path"] = "torch._scaled_mm (cuBLASLt) for tensorwise and rowwise"
+        facts["use_fast_accum"] = self.fast_accum
+        if self._blockwise is not None:
+            facts["blockwise_path"] = self._blockwise
+            if self._blockwise_error:
+                facts["blockwise_cublas_error"] = self._blockwise_error
+        return facts
+
+    def scaled_mm(
+        self,
+        a: Fp8Tensor,
+        b: Fp8Tensor,
+        *,
+        out_dtype: torch.dtype,
+        bias: torch.Tensor | None,
+        c: torch.Tensor | None,
+    ) -> torch.Tensor:
+        mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]
+        sa, sb = scale_inv_of(a), scale_inv_of(b)
+        direct = bias is None and c is None
+        if mode == _BLOCKWISE:
+            k, n = a.shape[1], b.shape[1]
+            out = None
+            if k % 128 == 0 and n % 16 == 0 and self._blockwise_path(a.device) == "cublas":
+                try:
+                    od = out_dtype if direct else torch.float32
+                    out = self._cublas(a.data, b.data, sa, sb, mode, od)
+                except RuntimeError as exc:  # a shape this cuBLASLt rejects: Triton below
+                    self._blockwise_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            if out is None:
+                from . import _triton_gemm
+
+                bias = None if bias is None else bias.contiguous()
+                return _triton_gemm.scaled_mm(
+                    a, b, sa, sb, mode, out_dtype=out_dtype, bias=bias, c=c
+                )
+        else:
+            out = self._cublas(a.data, b.data, sa, sb, mode, out_dtype if direct else torch.float32)
+        if direct:
+            return out
+        if bias is not None:
+            out = out + bias.to(torch.float32)
+        if c is not None:
+            out = out + c.to(torch.float32)
+        return out.to(out_dtype)
+
+    def _cublas(self, qa, qb, sa, sb, mode, out_dtype):
+        m, k = qa.shape
+        n = qb.shape[1]
+        if qa.stride(1) != 1 or qa.stride(0) < k:
+            qa = qa.contiguous()
+        if qb.stride(0) != 1 or qb.stride(1) < k:
+            qb = qb.t().contiguous().t()
+        kpad, npad = -k % 16, -n % 16
+        if kpad:
+            qa = _pad_to(qa, 1, 16)
+            qb = _pad_to(qb.t(), 1, 16).t()
+        if npad:
+            qb = _pad_to(qb.t(), 0, 16).t()
+        if mode == _ROWWISE:
+            sa = sa.reshape(m, 1)
+            sb = sb.reshape(1, n)
+            if npad:
+                sb = F.pad(sb, (0, npad), value=1.0)
+        elif mode == _BLOCKWISE:
+            sa = sa.t().contiguous().t()  # 1x128 scales outer-dim-major
+            if kpad:
+                raise RuntimeError("cuBLASLt blockwise needs K % 128 == 0")
+            sb = self._b_block_scale(sb)
+        else:
+            sa, sb = sa.reshape(()), sb.reshape(())
+        out = torch._scaled_mm(
+            qa,
+            qb,
+            sa,
+            sb,
+            out_dtype=out_dtype,
+            use_fast_accum=self.fast_accum and mode != _BLOCKWISE,
+        )
+        return out[:, :n] if npad else out
+
+    _b_layout = "as_is"
+
+    def _b_block_scale(self, sb: torch.Tensor) -> torch.Tensor:
+        return sb.t().contiguous().t() if self._b_layout == "outer" else sb.contiguous()
+
+    def _blockwise_path(self, device: torch.device) -> str:
+        """cuBLASLt if this torch runs 1x128 x 128x128 correctly here (probed once)."""
+        if self._blockwise is None:
+            self._blockwise = self._probe_blockwise(device)
+        return self._blockwise
+
+    def _probe_blockwise(self, device: torch.device) -> str:
+        from portable_fp8.granularity import BLOCK_1x128, BLOCK_128x128
+
+        from . import _triton_gemm
+
+        gen = torch.Generator(device=device).manual_seed(0)
+        m, k, n = 256, 512, 384
+        x = torch.randn(m, k, device=device, generator=gen)
+        w = torch.randn(n, k, device=device, generator=gen)
+        fmt = self._e4m3()
+        a = self.quantize_dynamic(
+            x, fmt, BLOCK_1x128, margin=0, power_of_two=False, saturate=True, rand_bits=None
+        )
+        bt = self.quantize_dynamic(
+            w, fmt, BLOCK_128x128, margin=0, power_of_two=False, saturate=True, rand_bits=None
+        )
+        b = bt.t()
+        b = Fp8Tensor(b.data, b.scale, b.format, BLOCK_128x128)
+        sa, sb = scale_inv_of(a), scale_inv_of(b)
+        want = _triton_gemm.scaled_mm(
+            a, b, sa, sb, _BLOCKWISE, out_dtype=torch.float32, bias=None, c=None
+        )
+        errors = []
+        for layout in ("as_is", "outer"):
+            self._b_layout = layout
+            try:
+                got = self._cublas(a.data, b.data, sa, sb, _BLOCKWISE, torch.float32)
+            except Exception as exc:  # unsupported on this torch/CUDA/device
+                errors.append(f"{layout}: {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            rel = (got - want).norm() / want.norm()
+            if bool(rel < 1e-3):
+                return "cublas"
+            errors.append(f"{layout}: relative difference {float(rel):.3g} to the Triton GEMM")
+        self._blockwise_error = "; ".join(errors)
+        return "triton"
+
+    @staticmethod
+    def _e4m3():
+        from portable_fp8.formats import E4M3FN
+
+        return E4M3FN
+
+
+@hookimpl
+def portable_fp8_backends() -> list[Backend]:
+    return [CudaBackend()]

@@ -1,0 +1,171 @@
+"""The ``cuda`` and ``triton`` backends on a real GPU (skipped where there is none).
+
+Casts must be bit-identical to the reference emulator (any NaN code where it gives NaN);
+GEMMs must lie within :func:`gemm_error_bound` for the accumulator the backend declares.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import portable_fp8 as fp8
+from portable_fp8.emulator.cast import codes_of, round_to_codes
+from portable_fp8.emulator.gemm import abs_product_sum, gemm_error_bound, reference_scaled_mm
+from portable_fp8.formats import FORMATS, element_formats
+from portable_fp8.registry import list_backends, unavailable_reason
+
+BACKENDS = ("cuda", "triton")
+
+
+def _skip_reason() -> str | None:
+    backends = list_backends()
+    for name in BACKENDS:
+        if name not in backends:
+            return f"backend {name} not registered"
+        reason = unavailable_reason(backends[name])
+        if reason is not None or "cuda" not in backends[name].capabilities.devices:
+            return f"{name}: {reason or 'not on CUDA'}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+def _same_codes(got: torch.Tensor, want: torch.Tensor, fmt) -> torch.Tensor:
+    """Elementwise: equal codes, or both NaN codes (the contract treats NaN codes alike)."""
+    got, want = codes_of(got).cpu(), codes_of(want).cpu()
+    values = fmt.code_values
+    both_nan = values[got.long()].isnan() & values[want.long()].isnan()
+    return (got == want) | both_nan
+
+
+def _all_16bit(dtype: torch.dtype) -> torch.Tensor:
+    return torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("saturate", [True, False])
+@pytest.mark.parametrize("fmt", [f.name for f in element_formats()])
+def test_every_bf16_and_fp16_pattern_bit_exact(backend, fmt, saturate):
+    f = FORMATS[fmt]
+    for dtype, scale in ((torch.bfloat16, 1.0), (torch.float16, 3.0)):
+        x = _all_16bit(dtype)
+        got = fp8.cast_to_fp8(x.cuda(), fmt, scale, saturate=saturate, backend=backend)
+        want = round_to_codes(x.float() * scale, f, saturate=saturate)
+        assert bool(_same_codes(got, want, f).all()), (fmt, dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp32_edges_and_random_bits_bit_exact(backend):
+    gen = torch.Generator().manual_seed(1)
+    bits = torch.randint(-(2**31), 2**31, (1 << 20,), dtype=torch.int64, generator=gen)
+    x = bits.to(torch.int32).view(torch.float32)
+    edges = torch.tensor(
+        [
+            0.0,
+            -0.0,
+            float("inf"),
+            -float("inf"),
+            float("nan"),
+            448.0,
+            464.0,
+            464.01,
+            2**-9,
+            2**-10,
+            1.5 * 2**-10,
+            3 * 2**-11,
+            57344.0,
+            61440.0,
+            2**-16,
+            2**-17,
+            240.0,
+            248.0,
+        ],
+    )
+    x = torch.cat([x, edges, -edges])
+    for f in element_formats():
+        for saturate in (True, False):
+            got = fp8.cast_to_fp8(x.cuda(), f.name, saturate=saturate, backend=backend)
+            want = round_to_codes(x, f, saturate=saturate)
+            assert bool(_same_codes(got, want, f).all()), (f.name, saturate)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stochastic_rounding_with_bits_bit_exact(backend):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4096, generator=gen) * 100
+    words = torch.randint(-(2**31), 2**31, x.shape, dtype=torch.int32, generator=gen)
+    for f in (FORMATS["e4m3fn"], FORMATS["e5m2"]):
+        got = fp8.cast_to_fp8(
+            x.cuda(), f.name, 0.5, rounding="stochastic", rand_bits=words.cuda(), backend=backend
+        )
+        want = round_to_codes(x * 0.5, f, rand_bits=words)
+        assert bool(_same_codes(got, want, f).all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "gran",
+    [
+        "tensorwise",
+        "rowwise",
+        "columnwise",
+        "block_1x128",
+        "block_128x128",
+        "block_128x1",
+        "mx_1x32",
+    ],
+)
+def test_quantize_matches_reference(backend, gran):
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(300, 260, generator=gen) * 7).to(torch.bfloat16)
+    got = fp8.quantize(x.cuda(), "e4m3fn", granularity=gran, backend=backend)
+    want = fp8.quantize(x, "e4m3fn", granularity=gran, backend="reference")
+    assert torch.equal(got.scale.cpu(), want.scale)
+    assert bool(_same_codes(got.data, want.data, FORMATS["e4m3fn"]).all())
+    back = fp8.dequantize(got, torch.bfloat16, backend=backend).cpu()
+    assert torch.equal(back, fp8.dequantize(want, torch.bfloat16, backend="reference"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "pair",
+    [("tensorwise", "tensorwise"), ("rowwise", "columnwise"), ("block_1x128", "block_128x128")],
+)
+@pytest.mark.parametrize("shape", [(64, 256, 128), (33, 200, 50), (128, 1024, 384)])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_gemm_within_declared_bound(backend, pair, shape, out_dtype):
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(m * k + n)
+    a = torch.randn(m, k, generator=gen)
+    b = torch.randn(k, n, generator=gen)
+    bias = torch.randn(n, generator=gen)
+    c = torch.randn(m, n, generator=gen)
+    qa = fp8.quantize(a.cuda(), "e4m3fn", granularity=pair[0], backend=backend)
+    qb = fp8.quantize(b.cuda(), "e4m3fn", granularity=pair[1], backend=backend)
+    got = fp8.scaled_mm(qa, qb, out_dtype=out_dtype, bias=bias.cuda(), c=c.cuda(), backend=backend)
+    fa, fb = qa.format, qb.format
+    args = (
+        qa.data.cpu(),
+        qb.data.cpu(),
+        fa,
+        fb,
+        qa.scale.cpu(),
+        qb.scale.cpu(),
+        qa.granularity,
+        qb.granularity,
+    )
+    exact = reference_scaled_mm(*args, out_dtype=torch.float64, bias=bias, c=c)
+    absum = abs_product_sum(*args)
+    accumulator = list_backends()[backend].capabilities.accumulator
+    bound = gemm_error_bound(
+        absum,
+        k,
+        accumulator=accumulator,
+        out_dtype=out_dtype,
+        exact=exact,
+        addends=bias.abs().double() + c.abs().double(),
+    )
+    err = (got.cpu().double() - exact).abs()
+    assert bool((err <= bound).all()), float((err / bound).max())
