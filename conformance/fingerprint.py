@@ -40,10 +40,10 @@ def _code(fmt: Format, value: float) -> int:
 class _Prober:
     """Runs dot products of exact FP8 values through the backend (fp32 output)."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, prefer: tuple[str, str] = ("e4m3fn", "e4m3fn")) -> None:
         caps = env.backend.capabilities
         pairs = sorted(caps.gemm_formats)
-        pair = ("e4m3fn", "e4m3fn") if ("e4m3fn", "e4m3fn") in pairs else pairs[0]
+        pair = prefer if prefer in pairs else pairs[0]
         self.env = env
         self.fa, self.fb = FORMATS[pair[0]], FORMATS[pair[1]]
         self.mult = max(caps.gemm_dim_multiple, 1)
@@ -190,8 +190,6 @@ def _specials(p: _Prober) -> dict[str, str]:
         rows["inf + -inf"] = [[float("inf"), -float("inf")]]
     for name, a_rows in rows.items():
         col = [0.0, 1.0] if name == "inf x 0" else [1.0, 1.0]
-        if name == "inf + -inf":
-            col = [1.0, 1.0]
         try:
             k = p._pad(2)
             a = torch.zeros(1, k, dtype=torch.uint8)
@@ -286,6 +284,13 @@ def numerics_fingerprint(env: Env) -> dict[str, Any]:
             fp["subnormals"] = _subnormals(p)
         except Exception as exc:
             fp["subnormals"] = f"raised {type(exc).__name__}: {exc}"
-        fp["GEMM NaN/inf propagation"] = _specials(p)
+        pairs = sorted(env.backend.capabilities.gemm_formats)
+        inf_pairs = [q for q in pairs if FORMATS[q[0]].has_inf]
+        prefer = ("e5m2", "e5m2") if ("e5m2", "e5m2") in inf_pairs else (inf_pairs or [None])[0]
+        special = _Prober(env, prefer) if prefer else p
+        fp["GEMM NaN/inf propagation"] = {
+            "formats": f"{special.fa.name} x {special.fb.name}",
+            **_specials(special),
+        }
     fp["cast overflow"] = _cast_overflow(env)
     return fp
