@@ -8,6 +8,7 @@ Model code imports the ops from here; the registry picks the backend that runs t
     y = fp8.scaled_mm(q, fp8.quantize(w, "e4m3fn", granularity="rowwise").t())
 """
 
+from . import nn
 from .errors import (
     BackendUnavailableError,
     Fp8Error,
@@ -19,6 +20,7 @@ from .errors import (
 )
 from .formats import FORMATS, Format, get_format
 from .granularity import GRANULARITIES, Granularity, get_granularity
+from .nn import convert
 from .ops import cast_from_fp8, cast_to_fp8, compute_amax, dequantize, quantize, scaled_mm
 from .registry import ENV_VAR, get_backend, list_backends, select_backend, use_backend
 from .tensor import Fp8Tensor
@@ -42,11 +44,13 @@ __all__ = [
     "cast_from_fp8",
     "cast_to_fp8",
     "compute_amax",
+    "convert",
     "dequantize",
     "get_backend",
     "get_format",
     "get_granularity",
     "list_backends",
+    "nn",
     "quantize",
     "scaled_mm",
     "select_backend",

@@ -1,0 +1,35 @@
+"""FP8 model code: :class:`Linear`, scaling recipes and :func:`convert`.
+
+>>> import torch, portable_fp8 as fp8
+>>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
+>>> report = fp8.nn.convert(model, recipe=fp8.nn.CurrentScaling())
+>>> type(model[0]).__name__
+'Linear'
+"""
+
+from .convert import ConversionReport, convert
+from .linear import Linear
+from .recipes import (
+    GAUDI2_HW_ALIGNED_SCALES,
+    Blockwise,
+    CurrentScaling,
+    DelayedScaling,
+    GemmSpec,
+    Recipe,
+    StaticScaling,
+    gaudi2,
+)
+
+__all__ = [
+    "Blockwise",
+    "ConversionReport",
+    "CurrentScaling",
+    "DelayedScaling",
+    "GAUDI2_HW_ALIGNED_SCALES",
+    "GemmSpec",
+    "Linear",
+    "Recipe",
+    "StaticScaling",
+    "convert",
+    "gaudi2",
+]

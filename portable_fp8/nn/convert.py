@@ -1,0 +1,127 @@
+"""``convert(model)``: swap a model's ``torch.nn.Linear`` layers for FP8 ones, in place.
+
+Each candidate layer is checked against the capabilities the backend declares (formats, cast
+granularities, GEMM granularity pairs, explicit output dtypes, the multiple that K and N must
+be); a layer the backend cannot take is left as it is and listed, with the reason, in the
+returned :class:`ConversionReport` (and in a warning). The new layers share the old layers'
+Parameter objects, so an optimizer built before the conversion keeps working.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..backend import Backend
+from ..registry import select_backend
+from .linear import Linear
+from .recipes import CurrentScaling, Recipe
+
+__all__ = ["ConversionReport", "convert", "unsupported_reason"]
+
+
+@dataclass
+class ConversionReport:
+    """What :func:`convert` did: layer names converted, skipped (with why), and excluded."""
+
+    model: nn.Module
+    backend: str
+    recipe: Recipe
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [
+            f"converted {len(self.converted)} Linear layer(s) to FP8 on backend "
+            f"{self.backend!r}; skipped {len(self.skipped)}; excluded {len(self.excluded)}"
+        ]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def unsupported_reason(
+    backend: Backend, recipe: Recipe, in_features: int, out_features: int
+) -> str | None:
+    """Why ``backend`` cannot run a Linear(in, out) with ``recipe`` (None if it can)."""
+    caps = backend.capabilities
+    a_gran, b_gran = recipe.granularities()
+    for gemm, spec in recipe.gemms().items():
+        for fmt in (spec.a_format, spec.b_format):
+            if fmt not in caps.cast_formats:
+                return f"backend {backend.name!r} has no casts to {fmt}"
+        if (spec.a_format, spec.b_format) not in caps.gemm_formats:
+            return (
+                f"backend {backend.name!r} has no {spec.a_format} x {spec.b_format} GEMM ({gemm})"
+            )
+        if spec.out_dtype is not None and spec.out_dtype not in caps.out_dtypes:
+            return f"backend {backend.name!r} has no GEMM output {spec.out_dtype} ({gemm})"
+    for gran in (a_gran, b_gran.transposed()):
+        if gran.name not in caps.granularities:
+            return f"backend {backend.name!r} has no {gran.name} scaling"
+    if (a_gran.name, b_gran.name) not in caps.gemm_granularities:
+        return f"backend {backend.name!r} has no {a_gran.name} x {b_gran.name} GEMM"
+    m = caps.gemm_dim_multiple
+    if m > 1 and (in_features % m or out_features % m):
+        return (
+            f"in_features={in_features} and out_features={out_features} must be multiples "
+            f"of {m} for backend {backend.name!r}"
+        )
+    return None
+
+
+def convert(
+    model: nn.Module,
+    recipe: Recipe | None = None,
+    *,
+    module_filter: Callable[[str, nn.Linear], bool] | None = None,
+    backend: str | None = None,
+) -> ConversionReport:
+    """Replace every ``nn.Linear`` in ``model`` that the backend can take by an FP8 Linear.
+
+    ``module_filter(name, module)`` returning False keeps a layer in high precision (for
+    example the output head). ``backend`` names the backend to check (and pin in the new
+    layers); None checks the one the registry chooses now for the model's device (convert
+    after moving the model to its device). Layers inside ``nn.MultiheadAttention`` are
+    skipped: it reads their weights directly instead of calling them. If ``model`` itself
+    is a Linear, the replacement is ``report.model``.
+    """
+    recipe = recipe if recipe is not None else CurrentScaling()
+    params = list(model.parameters())
+    device_type = params[0].device.type if params else "cpu"
+    chosen = select_backend(backend, device_type)
+    report = ConversionReport(model=model, backend=chosen.name, recipe=recipe)
+
+    def visit(name: str, module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.Linear) and not isinstance(module, Linear):
+            if module_filter is not None and not module_filter(name, module):
+                report.excluded.append(name)
+                return module
+            why = unsupported_reason(chosen, recipe, module.in_features, module.out_features)
+            if why is not None:
+                report.skipped[name] = why
+                return module
+            report.converted.append(name)
+            return Linear.from_linear(module, recipe=recipe, backend=backend)
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(module, nn.MultiheadAttention):
+                if isinstance(child, nn.Linear):
+                    report.skipped[full] = "nn.MultiheadAttention uses its weights directly"
+                continue
+            new = visit(full, child)
+            if new is not child:
+                setattr(module, child_name, new)
+        return module
+
+    report.model = visit("", model)
+    if report.skipped:
+        warnings.warn(
+            "portable_fp8.nn.convert kept these Linear layers in high precision:\n"
+            + "\n".join(f"  {n}: {w}" for n, w in report.skipped.items()),
+            stacklevel=2,
+        )
+    return report

@@ -1,0 +1,268 @@
+"""``portable_fp8.nn.Linear``: a drop-in ``torch.nn.Linear`` whose three GEMMs run in FP8.
+
+Contract (per call, with ``x`` of shape (..., in) flattened to M x K and W of shape N x K):
+
+* forward ``y = x W^T (+ bias)``: x and W cast with the recipe's forward formats and
+  granularities, one scaled GEMM to ``forward.out_dtype`` (default: the activation dtype),
+  bias added in that dtype;
+* backward ``dx = dy W`` (dgrad) and ``dW = dy^T x`` (wgrad): dy cast to the recipe's gradient
+  format (E5M2 by default), scaled GEMMs to ``dgrad.out_dtype`` (default: x's dtype) and
+  ``wgrad.out_dtype`` (default: float32, then the weight's dtype); ``dbias`` summed in fp32.
+* Weights stay in their own (master) dtype; only the GEMM operands are FP8. Tensorwise recipes
+  cast x, W and dy once each and reuse the casts (transposed) in the second GEMM; other
+  granularities cast each operand along its GEMM's reduction dimension.
+* Every cast and GEMM goes through :mod:`portable_fp8.ops` (as torch.library custom ops, see
+  :mod:`._custom_ops`), so the registry chooses the backend as for any other call; ``backend``
+  pins one by name.
+* Delayed scaling keeps ``amax_history`` (3 x history_len, rows: input, weight, grad_output;
+  column 0 newest) and ``scale`` (3,) as buffers: they are in ``state_dict`` and are plain
+  fp32 tensors, so a checkpoint moves between backends and devices. They are updated in
+  training mode only.
+* If the backend needs K and N to be multiples of some m (``gemm_dim_multiple``), the token
+  dimension (wgrad's K) is padded with zeros, which changes no result; layers whose feature
+  sizes are not multiples are left to :func:`portable_fp8.nn.convert` to skip.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..formats import get_format
+from ..granularity import TENSORWISE, Granularity
+from ..scaling import scale_from_amax
+from . import _custom_ops as cops
+from .recipes import ROLES, CurrentScaling, DelayedScaling, Recipe, StaticScaling
+
+__all__ = ["Linear"]
+
+
+class _Q(NamedTuple):
+    """A quantised GEMM operand: codes, quantisation scales, format and granularity names."""
+
+    data: torch.Tensor
+    scale: torch.Tensor
+    fmt: str
+    gran: Granularity
+
+    def t(self) -> _Q:
+        scale = self.scale if self.scale.dim() == 0 else self.scale.t()
+        return _Q(self.data.t(), scale, self.fmt, self.gran.transposed())
+
+
+class _Cfg(NamedTuple):
+    recipe: Recipe
+    backend: str | None
+    dim_multiple: int
+    update_state: bool
+    dtype: torch.dtype
+
+
+def _quantize(x: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> _Q:
+    r = cfg.recipe
+    data, s = cops.quantize(x, fmt, gran.name, scale, r.margin, r.power_of_two, cfg.backend)
+    return _Q(data, s, fmt, gran)
+
+
+def _quantize_b(bt: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> _Q:
+    """The B operand (K x N) of granularity ``gran``, cast from its transpose ``bt`` (N x K)."""
+    return _quantize(bt, fmt, gran.transposed(), scale, cfg).t()
+
+
+def _mm(a: _Q, b: _Q, out_dtype: torch.dtype, cfg: _Cfg) -> torch.Tensor:
+    return cops.scaled_mm(
+        a.data, a.scale, a.fmt, a.gran.name, b.data, b.scale, b.fmt, b.gran.name, out_dtype,
+        cfg.backend,
+    )  # fmt: skip
+
+
+def _tensor_scale(
+    role: int, x: torch.Tensor, fmt: str, cfg: _Cfg, history, scales
+) -> torch.Tensor | None:
+    """The tensorwise scale for ``x`` in ``role`` (None: let the backend compute it)."""
+    r = cfg.recipe
+    f = get_format(fmt)
+    if isinstance(r, StaticScaling):
+        return torch.full((), r.scales()[ROLES[role]], dtype=torch.float32, device=x.device)
+    if isinstance(r, DelayedScaling):
+        amax = cops.amax(x, cfg.backend)
+        hist = history[role]
+        current = scale_from_amax(amax, f, margin=r.margin, power_of_two=r.power_of_two,
+                                  choices=r.scale_choices)  # fmt: skip
+        # Empty history (first step): scale from the current amax instead of the initial 1.
+        scale = torch.where(hist.amax() > 0, scales[role], current)
+        if cfg.update_state:
+            hist.copy_(torch.cat([amax.reshape(1), hist[:-1]]))
+            ref = hist.amax() if r.amax_compute == "max" else hist[0]
+            scales[role] = scale_from_amax(ref, f, margin=r.margin, power_of_two=r.power_of_two,
+                                           choices=r.scale_choices)  # fmt: skip
+        return scale
+    if r.scale_choices is not None:
+        amax = cops.amax(x, cfg.backend)
+        return scale_from_amax(amax, f, margin=r.margin, power_of_two=r.power_of_two,
+                               choices=r.scale_choices)  # fmt: skip
+    return None
+
+
+def _pad_tokens(q: _Q, dim: int, multiple: int) -> _Q:
+    """Zero-pad the token dimension ``dim`` of a tensorwise operand to ``multiple``."""
+    n = q.data.shape[dim]
+    extra = (-n) % multiple
+    if extra == 0:
+        return q
+    codes = q.data.view(torch.uint8)  # code 0 is +0 in every element format
+    pad = (0, extra) if dim == 1 else (0, 0, 0, extra)
+    return _Q(F.pad(codes, pad).view(q.data.dtype), q.scale, q.fmt, q.gran)
+
+
+def _pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    extra = (-x.shape[0]) % multiple
+    return x if extra == 0 else F.pad(x, (0, 0, 0, extra))
+
+
+class _Fp8LinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, cfg: _Cfg, history, scales):
+        r = cfg.recipe
+        a_gran, b_gran = r.granularities()
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
+        w = weight.detach()
+        fx, fw = r.forward.a_format, r.forward.b_format
+        if r.tensorwise:
+            qx = _quantize(x2, fx, TENSORWISE, _tensor_scale(0, x2, fx, cfg, history, scales), cfg)
+            qw = _quantize(w, fw, TENSORWISE, _tensor_scale(1, w, fw, cfg, history, scales), cfg)
+            ctx.save_for_backward(qx.data, qx.scale, qw.data, qw.scale)
+            qwt = qw.t()
+        else:
+            qx = _quantize(x2, fx, a_gran, None, cfg)
+            qwt = _quantize_b(w, fw, b_gran, None, cfg)
+            ctx.save_for_backward(x2, w)
+        out = _mm(qx, qwt, r.forward.out_dtype or cfg.dtype, cfg).to(cfg.dtype)
+        if bias is not None:
+            out = out + bias.to(cfg.dtype)
+        # Tensors mutated later (delayed-scaling state) travel as attributes, not saved
+        # tensors, so their version counters are not checked.
+        ctx.cfg, ctx.history, ctx.scales = cfg, history, scales
+        ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
+        ctx.b_dtype = bias.dtype if bias is not None else None
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, dy):
+        cfg: _Cfg = ctx.cfg
+        r = cfg.recipe
+        a_gran, b_gran = r.granularities()
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
+        mult = cfg.dim_multiple
+        dx = dw = None
+        if r.tensorwise:
+            xd, xs, wd, ws = ctx.saved_tensors
+            qx = _Q(xd, xs, r.wgrad.b_format, TENSORWISE)
+            qw = _Q(wd, ws, r.dgrad.b_format, TENSORWISE)
+            fg = r.dgrad.a_format
+            sg = _tensor_scale(2, dy2, fg, cfg, ctx.history, ctx.scales)
+            qdy = _quantize(dy2, fg, TENSORWISE, sg, cfg)
+            if need_dx:
+                dx = _mm(qdy, qw, r.dgrad.out_dtype or ctx.x_dtype, cfg)
+            if need_dw:
+                a, b = qdy.t(), qx
+                if mult > 1:
+                    a, b = _pad_tokens(a, 1, mult), _pad_tokens(b, 0, mult)
+                dw = _mm(a, b, r.wgrad.out_dtype or torch.float32, cfg)
+        else:
+            x2, w = ctx.saved_tensors
+            if need_dx:
+                qdy = _quantize(dy2, r.dgrad.a_format, a_gran, None, cfg)
+                qw = _quantize_b(w.t().contiguous(), r.dgrad.b_format, b_gran, None, cfg)
+                dx = _mm(qdy, qw, r.dgrad.out_dtype or ctx.x_dtype, cfg)
+            if need_dw:
+                dyp, xp = (_pad_rows(dy2, mult), _pad_rows(x2, mult)) if mult > 1 else (dy2, x2)
+                qdyt = _quantize(dyp.t().contiguous(), r.wgrad.a_format, a_gran, None, cfg)
+                qx = _quantize_b(xp.t().contiguous(), r.wgrad.b_format, b_gran, None, cfg)
+                dw = _mm(qdyt, qx, r.wgrad.out_dtype or torch.float32, cfg)
+        if dx is not None:
+            dx = dx.to(ctx.x_dtype).reshape(ctx.x_shape)
+        if dw is not None:
+            dw = dw.to(ctx.w_dtype)
+        dbias = None
+        if ctx.b_dtype is not None and ctx.needs_input_grad[2]:
+            dbias = dy2.to(torch.float32).sum(0).to(ctx.b_dtype)
+        return dx, dw, dbias, None, None, None
+
+
+class Linear(nn.Linear):
+    """``torch.nn.Linear`` with FP8 forward and backward GEMMs (see the module docstring).
+
+    ``recipe`` defaults to :class:`~portable_fp8.nn.recipes.CurrentScaling` (tensorwise,
+    E4M3 forward, E5M2 gradients). ``backend`` names a backend; None lets the registry choose
+    (``use_backend``, ``PORTABLE_FP8_BACKEND``, or the tensors' device).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        recipe: Recipe | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.recipe = recipe if recipe is not None else CurrentScaling()
+        self.backend = backend
+        self._init_state(self.weight.device)
+
+    def _init_state(self, device) -> None:
+        if isinstance(self.recipe, DelayedScaling):
+            n = len(ROLES)
+            hist = torch.zeros(n, self.recipe.history_len, dtype=torch.float32, device=device)
+            self.register_buffer("amax_history", hist)
+            self.register_buffer("scale", torch.ones(n, dtype=torch.float32, device=device))
+        else:
+            self.amax_history = None
+            self.scale = None
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, recipe: Recipe | None = None, backend: str | None = None
+    ) -> Linear:
+        """An FP8 Linear sharing ``linear``'s parameters (the same Parameter objects)."""
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device="meta",
+            recipe=recipe,
+            backend=backend,
+        )
+        new.weight = linear.weight
+        new.bias = linear.bias
+        new.train(linear.training)
+        new._init_state(linear.weight.device)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        else:
+            dtype = x.dtype
+        cfg = _Cfg(
+            recipe=self.recipe,
+            backend=self.backend,
+            dim_multiple=cops.gemm_dim_multiple(self.backend, device_type),
+            update_state=self.training,
+            dtype=dtype,
+        )
+        out = _Fp8LinearFn.apply(x, self.weight, self.bias, cfg, self.amax_history, self.scale)
+        return out
+
+    def extra_repr(self) -> str:
+        backend = f", backend={self.backend!r}" if self.backend else ""
+        return f"{super().extra_repr()}, recipe={self.recipe}{backend}"

@@ -1,0 +1,243 @@
+"""Scaling recipes: small frozen configs that say how an FP8 Linear picks its scales.
+
+Every recipe describes the three GEMMs of a linear layer ``y = x W^T``:
+
+==========  =====================  ==================  ===========================
+GEMM        A operand (M x K)      B operand (K x N)   default formats (A, B)
+==========  =====================  ==================  ===========================
+forward     x          (tokens x in)   W^T  (in x out)    e4m3fn x e4m3fn
+dgrad       dy         (tokens x out)  W    (out x in)    e5m2 x e4m3fn
+wgrad       dy^T       (out x tokens)  x    (tokens x in) e5m2 x e4m3fn
+==========  =====================  ==================  ===========================
+
+E4M3 for values, E5M2 (more range, less precision) for gradients is the "hybrid" scheme of
+Micikevicius et al., *FP8 Formats for Deep Learning* (arXiv:2209.05433). Each GEMM's formats
+and output dtype can be changed with :class:`GemmSpec`.
+
+All scales follow the project's one convention: a scale is the quantisation multiplier
+(``q = fp8(x * s)``), see :mod:`portable_fp8.scaling`.
+
+Recipes:
+
+* :class:`CurrentScaling` -- scales from this step's amax (tensorwise or rowwise). Costs one
+  extra read of each operand per cast; protects against any change of range between steps.
+* :class:`DelayedScaling` -- tensorwise scales from an amax history kept in module buffers
+  (TransformerEngine's recipe). The cast needs no amax of the tensor it casts, but a sudden
+  jump of the range saturates until the history catches up.
+* :class:`StaticScaling` -- fixed scales, no amax at all (for unit-scaled models, in the
+  spirit of unit scaling / u-muP). Cheapest; protects against nothing.
+* :class:`Blockwise` -- DeepSeek-V3's fine-grained scaling: 1x128 blocks for the A operands,
+  128x128 blocks for the B operands. Protects against outliers inside a tensor.
+
+Any recipe can round its scales down to powers of two (``power_of_two=True``: scaling is then
+exact) or to a fixed set (``scale_choices``, e.g. :data:`GAUDI2_HW_ALIGNED_SCALES`; tensorwise
+recipes only); :func:`gaudi2` makes the Gaudi2 variant of a recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..errors import Fp8ValueError
+from ..formats import get_format
+from ..granularity import Granularity, get_granularity
+from ..scaling import GAUDI2_HW_ALIGNED_SCALES
+
+__all__ = [
+    "GemmSpec",
+    "Recipe",
+    "CurrentScaling",
+    "DelayedScaling",
+    "StaticScaling",
+    "Blockwise",
+    "GAUDI2_HW_ALIGNED_SCALES",
+    "gaudi2",
+    "ROLES",
+]
+
+#: The tensors a Linear quantises, in the order of the delayed-scaling buffers' rows.
+ROLES: tuple[str, ...] = ("input", "weight", "grad_output")
+
+
+@dataclass(frozen=True)
+class GemmSpec:
+    """Formats of one GEMM's operands and its output dtype.
+
+    ``out_dtype=None`` means: the activation dtype for forward and dgrad (the input's dtype,
+    or the autocast dtype), float32 for wgrad (weights are fp32 master copies).
+    """
+
+    a_format: str
+    b_format: str
+    out_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        for name in (self.a_format, self.b_format):
+            if get_format(name).is_scale_format:
+                raise Fp8ValueError(f"{name} is a block-scale format, not an element format")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """Common fields of every recipe (use one of the subclasses).
+
+    ``margin``: scales map amax to ``max / 2**margin``. ``power_of_two``: scales rounded down
+    to powers of two. ``scale_choices``: scales rounded down to the largest allowed value
+    (tensorwise recipes only).
+    """
+
+    forward: GemmSpec = GemmSpec("e4m3fn", "e4m3fn")
+    dgrad: GemmSpec = GemmSpec("e5m2", "e4m3fn")
+    wgrad: GemmSpec = GemmSpec("e5m2", "e4m3fn")
+    margin: int = 0
+    power_of_two: bool = False
+    scale_choices: tuple[float, ...] | None = None
+
+    #: Granularity names of the (A, B) operands of every GEMM.
+    def granularities(self) -> tuple[Granularity, Granularity]:
+        raise NotImplementedError
+
+    @property
+    def tensorwise(self) -> bool:
+        return self.granularities()[0].is_tensorwise
+
+    def gemms(self) -> dict[str, GemmSpec]:
+        return {"forward": self.forward, "dgrad": self.dgrad, "wgrad": self.wgrad}
+
+    def role_formats(self) -> dict[str, str]:
+        """The format each tensor is cast to (a tensorwise cast is shared by two GEMMs)."""
+        return {
+            "input": self.forward.a_format,
+            "weight": self.forward.b_format,
+            "grad_output": self.dgrad.a_format,
+        }
+
+    def _validate(self) -> None:
+        if self.scale_choices is not None:
+            if not self.tensorwise:
+                raise Fp8ValueError("scale_choices needs a tensorwise recipe")
+            if not self.scale_choices or any(c <= 0 for c in self.scale_choices):
+                raise Fp8ValueError("scale_choices must be positive numbers")
+        if self.tensorwise:
+            # A tensorwise cast is reused by two GEMMs, so they must agree on its format.
+            same = (
+                self.forward.a_format == self.wgrad.b_format,
+                self.forward.b_format == self.dgrad.b_format,
+                self.dgrad.a_format == self.wgrad.a_format,
+            )
+            if not all(same):
+                raise Fp8ValueError(
+                    "a tensorwise recipe casts x, W and dy once each: forward.a_format must "
+                    "equal wgrad.b_format, forward.b_format dgrad.b_format, and dgrad.a_format "
+                    "wgrad.a_format"
+                )
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurrentScaling(Recipe):
+    """Scales from the amax of the tensor being cast, every step (dynamic scaling)."""
+
+    granularity: Literal["tensorwise", "rowwise"] = "tensorwise"
+
+    def granularities(self) -> tuple[Granularity, Granularity]:
+        if self.granularity == "tensorwise":
+            return get_granularity("tensorwise"), get_granularity("tensorwise")
+        if self.granularity == "rowwise":
+            return get_granularity("rowwise"), get_granularity("columnwise")
+        raise Fp8ValueError(
+            f"granularity must be 'tensorwise' or 'rowwise', got {self.granularity!r}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DelayedScaling(Recipe):
+    """Tensorwise scales from an amax history (TransformerEngine's delayed scaling).
+
+    Each Linear keeps, per tensor role (input, weight, grad_output), the last
+    ``history_len`` amaxes and the scale in buffers. A step casts with the stored scale,
+    then records the tensor's amax and recomputes the scale from the history's maximum
+    (``amax_compute="max"``) or its newest entry (``"most_recent"``). While the history is
+    empty (first step), the scale comes from the current amax.
+    """
+
+    history_len: int = 16
+    amax_compute: Literal["max", "most_recent"] = "max"
+
+    def granularities(self) -> tuple[Granularity, Granularity]:
+        return get_granularity("tensorwise"), get_granularity("tensorwise")
+
+    def __post_init__(self) -> None:
+        if self.history_len < 1:
+            raise Fp8ValueError(f"history_len must be >= 1, got {self.history_len}")
+        if self.amax_compute not in ("max", "most_recent"):
+            raise Fp8ValueError(
+                f"amax_compute must be 'max' or 'most_recent', got {self.amax_compute!r}"
+            )
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StaticScaling(Recipe):
+    """Fixed tensorwise scales: no amax is ever computed (unit-scaled models).
+
+    With the default scales of 1 the model must keep its values inside the formats' range
+    (|x|, |W| <= 448 for E4M3, |dy| <= 57344 for E5M2) and well above their smallest
+    subnormals; larger values saturate, smaller ones flush to zero.
+    """
+
+    input_scale: float = 1.0
+    weight_scale: float = 1.0
+    grad_output_scale: float = 1.0
+
+    def granularities(self) -> tuple[Granularity, Granularity]:
+        return get_granularity("tensorwise"), get_granularity("tensorwise")
+
+    def scales(self) -> dict[str, float]:
+        return {
+            "input": self.input_scale,
+            "weight": self.weight_scale,
+            "grad_output": self.grad_output_scale,
+        }
+
+    def __post_init__(self) -> None:
+        if any(not s > 0 for s in self.scales().values()):
+            raise Fp8ValueError("static scales must be positive")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Blockwise(Recipe):
+    """DeepSeek-V3 fine-grained scaling: A operands in 1x128 blocks, B operands in 128x128.
+
+    Current (per-step) scales per block; see arXiv:2412.19437, section 3.3.
+    """
+
+    def granularities(self) -> tuple[Granularity, Granularity]:
+        return get_granularity("block_1x128"), get_granularity("block_128x128")
+
+
+def gaudi2(recipe: Recipe | None = None) -> Recipe:
+    """The Gaudi2 variant of a tensorwise recipe: E4M3 with Gaudi2's +-240 range and scales
+    rounded down to the hardware-aligned set :data:`GAUDI2_HW_ALIGNED_SCALES`."""
+    recipe = recipe if recipe is not None else CurrentScaling()
+    g = "e4m3_gaudi2"
+
+    def _swap(spec: GemmSpec) -> GemmSpec:
+        a = g if spec.a_format == "e4m3fn" else spec.a_format
+        b = g if spec.b_format == "e4m3fn" else spec.b_format
+        return GemmSpec(a, b, spec.out_dtype)
+
+    return dataclasses.replace(
+        recipe,
+        forward=_swap(recipe.forward),
+        dgrad=_swap(recipe.dgrad),
+        wgrad=_swap(recipe.wgrad),
+        scale_choices=GAUDI2_HW_ALIGNED_SCALES,
+    )
