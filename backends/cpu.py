@@ -37,11 +37,32 @@ from portable_fp8.granularity import GRANULARITIES, Granularity, as_2d_shape
 from portable_fp8.hookspecs import hookimpl
 from portable_fp8.tensor import Fp8Tensor
 
-__all__ = ["CpuBackend", "portable_fp8_backends"]
+__all__ = ["CpuBackend", "probe_scaled_mm", "portable_fp8_backends"]
 
 _SCALED_MM_FORMATS = ("e4m3fn", "e5m2", "e4m3_gaudi2")
 _IPEX_FORMATS = {"e4m3fn": "kFloat8_E4M3", "e5m2": "kFloat8_E5M2"}
 _IPEX_ENV = "PORTABLE_FP8_CPU_IPEX"
+
+
+def probe_scaled_mm(device: str) -> frozenset[tuple[str, str]]:
+    """Which of tensorwise and rowwise scaling ``torch._scaled_mm`` runs on ``device``.
+
+    torch 2.8's CPU kernel takes tensorwise scales only (rowwise fails an internal assert);
+    later versions take both. Probed on one 16x16 product each.
+    """
+    pairs = set()
+    a = torch.ones(16, 16, dtype=torch.float8_e4m3fn, device=device)
+    for pair, shapes in (
+        (("tensorwise", "tensorwise"), ((), ())),
+        (("rowwise", "columnwise"), ((16, 1), (1, 16))),
+    ):
+        try:
+            sa, sb = (torch.ones(shape, dtype=torch.float32, device=device) for shape in shapes)
+            torch._scaled_mm(a, a.t(), sa, sb, out_dtype=torch.float32)
+            pairs.add(pair)
+        except Exception:
+            continue
+    return frozenset(pairs)
 
 
 class _Ipex:
@@ -139,20 +160,19 @@ class CpuBackend(Backend):
         )
 
     @cached_property
+    def _scaled_mm_pairs(self) -> frozenset[tuple[str, str]]:
+        """The granularity pairs this torch's CPU torch._scaled_mm runs (probed once)."""
+        return probe_scaled_mm("cpu")
+
+    @property
     def _has_scaled_mm(self) -> bool:
-        """Whether this torch has a CPU kernel for torch._scaled_mm (probed once)."""
-        try:
-            a = torch.ones(16, 16, dtype=torch.float8_e4m3fn)
-            one = torch.ones((), dtype=torch.float32)
-            torch._scaled_mm(a, a.t(), one, one, out_dtype=torch.float32)
-            return True
-        except Exception:
-            return False
+        return bool(self._scaled_mm_pairs)
 
     def describe(self) -> dict:
         ipex = self._ipex
+        pairs = "/".join(sorted(a for a, _ in self._scaled_mm_pairs))
         gemm = (
-            "torch._scaled_mm (oneDNN) for tensorwise/rowwise E4M3FN/E5M2, "
+            f"torch._scaled_mm (oneDNN) for {pairs} E4M3FN/E5M2, "
             "else fp32 matmul of dequantised operands"
             if self._has_scaled_mm
             else "fp32 matmul of dequantised operands (no CPU torch._scaled_mm in this torch)"
@@ -208,11 +228,9 @@ class CpuBackend(Backend):
 
     def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c):
         native = (
-            self._has_scaled_mm
-            and a.format.name in _SCALED_MM_FORMATS
+            a.format.name in _SCALED_MM_FORMATS
             and b.format.name in _SCALED_MM_FORMATS
-            and (a.granularity.name, b.granularity.name)
-            in {("tensorwise", "tensorwise"), ("rowwise", "columnwise")}
+            and (a.granularity.name, b.granularity.name) in self._scaled_mm_pairs
         )
         ipex_gemm = (
             self._ipex.gemm

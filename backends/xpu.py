@@ -23,7 +23,7 @@ from portable_fp8.formats import FORMATS, element_formats
 from portable_fp8.granularity import GRANULARITIES
 from portable_fp8.hookspecs import hookimpl
 
-from .cpu import CpuBackend
+from .cpu import CpuBackend, probe_scaled_mm
 
 __all__ = ["XpuBackend", "MIN_TORCH", "portable_fp8_backends"]
 
@@ -69,22 +69,17 @@ class XpuBackend(CpuBackend):
         return None
 
     @cached_property
-    def _has_scaled_mm(self) -> bool:
-        """Whether torch._scaled_mm runs on this XPU (probed once on a 16x16 product)."""
-        try:
-            a = torch.ones(16, 16, dtype=torch.float8_e4m3fn, device="xpu")
-            one = torch.ones((), dtype=torch.float32, device="xpu")
-            torch._scaled_mm(a, a.t(), one, one, out_dtype=torch.float32)
-            return True
-        except Exception:
-            return False
+    def _scaled_mm_pairs(self) -> frozenset[tuple[str, str]]:
+        """The granularity pairs torch._scaled_mm runs on this XPU (probed once)."""
+        return probe_scaled_mm("xpu")
 
     def describe(self) -> dict:
         return {
             "torch": torch.__version__,
             "device": torch.xpu.get_device_name() if torch.xpu.is_available() else None,
-            "gemm_path": "torch._scaled_mm on XPU for tensorwise/rowwise E4M3FN/E5M2, else "
-            "fp32 matmul of dequantised operands"
+            "gemm_path": "torch._scaled_mm on XPU for "
+            + "/".join(sorted(a for a, _ in self._scaled_mm_pairs))
+            + " E4M3FN/E5M2, else fp32 matmul of dequantised operands"
             if self._has_scaled_mm
             else "fp32 matmul of dequantised operands (torch._scaled_mm failed on this XPU)",
             "cast_path": "torch .to(float8) on XPU with contract corrections",
