@@ -42,13 +42,17 @@ def _bench(fn, rep_ms: int = 200) -> float:
     return triton.testing.do_bench(fn, warmup=50, rep=rep_ms, return_mode="median") * 1e3
 
 
-def _host_us(fn, calls: int = 2000) -> float:
-    """Median host (CPU) time per call in microseconds, over 5 batches of ``calls`` calls."""
+def _host_us(fn, calls: int = 200) -> float:
+    """Median host (CPU) time per call in microseconds, over 25 batches of ``calls`` calls.
+
+    Batches are short enough (200 launches) that the GPU's launch queue never fills, so the
+    time is the host's own cost per call, not the GPU's time per GEMM.
+    """
     for _ in range(20):
         fn()
     torch.cuda.synchronize()
     samples = []
-    for _ in range(5):
+    for _ in range(25):
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
@@ -139,6 +143,56 @@ def _bench_gemm(mode: str, pair: tuple[str, str], m: int, k: int, n: int) -> dic
             ops_layer_us=h_ours - h_direct,
         )
     return row
+
+
+SWEEP_CONFIGS = [
+    {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 4},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 5},
+    {"BLOCK_M": 128, "BLOCK_N": 256, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+    {"BLOCK_M": 64, "BLOCK_N": 256, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+]
+
+
+def sweep_triton_configs(rows: list[dict], m: int = 8192, k: int = 8192, n: int = 8192) -> None:
+    """Triton GEMM TFLOP/s per tile configuration (to choose the fixed heuristics)."""
+    from portable_fp8.backends.nvidia import _triton_gemm as tg
+    from portable_fp8.backends.nvidia._casts import scale_inv_of
+
+    cases = (
+        ("tensorwise", ("tensorwise", "tensorwise"), tg.TENSORWISE),
+        ("block", ("block_1x128", "block_128x128"), tg.BLOCKWISE),
+    )
+    for name, pair, mode in cases:
+        qa, qb = _operands(m, k, n, pair, "triton")
+        sa, sb = scale_inv_of(qa), scale_inv_of(qb)
+        result = {}
+        for cfg in SWEEP_CONFIGS:
+            label = "{BLOCK_M}x{BLOCK_N}/w{num_warps}/s{num_stages}".format(**cfg)
+            try:
+                t = _bench(
+                    lambda cfg=cfg, qa=qa, qb=qb, sa=sa, sb=sb, mode=mode: tg.scaled_mm(
+                        qa,
+                        qb,
+                        sa,
+                        sb,
+                        mode,
+                        out_dtype=torch.bfloat16,
+                        bias=None,
+                        c=None,
+                        config=cfg,
+                    )
+                )
+                result[label] = round(2.0 * m * n * k / t / 1e6, 1)
+            except Exception as exc:  # e.g. out of shared memory for a config
+                result[label] = f"{type(exc).__name__}"
+        row = {
+            "kind": "triton_config_sweep",
+            "scaling": name,
+            "shape_MxKxN": f"{m}x{k}x{n}",
+            "TFLOPs_by_config": result,
+        }
+        rows.append(row)
+        print(_fmt_row(row), flush=True)
 
 
 def bench_blockwise(shapes, rows: list[dict]) -> None:
@@ -330,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="directory for .md and .json")
     parser.add_argument("--quick", action="store_true", help="fewer and smaller shapes")
-    parser.add_argument("--skip", default="", help="comma list: gemm,blockwise,quantize,probe")
+    parser.add_argument(
+        "--skip", default="", help="comma list: gemm,blockwise,quantize,probe,sweep"
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to benchmark")
@@ -347,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_gemms(shapes, rows)
     if "blockwise" not in skip:
         bench_blockwise(BLOCK_SHAPES[:1] if args.quick else BLOCK_SHAPES, rows)
+    if "sweep" not in skip:
+        sweep_triton_configs(rows)
     env = _environment()
     command = "python " + " ".join(sys.argv)
     print(_markdown(env, rows, command))

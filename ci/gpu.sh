@@ -28,12 +28,12 @@ for step in "${steps[@]}"; do
     conformance-quick|conformance-full)
       profile="${step#conformance-}"
       for be in cuda triton; do
-        timeout 540 portable-fp8 conformance --backend "$be" --profile "$profile" --no-progress \
+        timeout "${CONF_TIMEOUT:-540}" portable-fp8 conformance --backend "$be" --profile "$profile" --no-progress \
           --json "$OUT/conformance_${be}.json" --report "$OUT/conformance_${be}.html" 2>&1 | tail -15
         [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
       done ;;
     bench)
-      python3 benchmarks/bench_nvidia.py --out "$OUT" 2>&1 | tail -60 ;;
+      python3 benchmarks/bench_nvidia.py --out "$OUT" ${BENCH_ARGS:-} 2>&1 | tail -60 ;;
     bench-quick)
       python3 benchmarks/bench_nvidia.py --quick --out "$OUT" 2>&1 | tail -60 ;;
     *) echo "unknown step $step"; status=1 ;;

@@ -4,8 +4,10 @@ Availability: both need an importable triton (their casts are Triton kernels). O
 device they need compute capability >= 8.9 (FP8 tensor cores: Ada, Hopper and later). The
 ``triton`` backend can instead run on CPU tensors in Triton's interpreter: set
 ``TRITON_INTERPRET=1`` (or ``PORTABLE_FP8_TRITON_INTERPRET=1``, which sets it before the
-kernels are compiled) in the environment of the process; its devices are then ``{"cpu"}``
-and its priority is below the CPU backends, so it runs only when named.
+kernels are compiled) in the environment of the process, before anything imports triton
+(``import portable_fp8`` does, through torch.library): otherwise the backend says so in its
+unavailable reason. Its devices are then ``{"cpu"}`` and its priority is below the CPU
+backends, so it runs only when named.
 """
 
 from __future__ import annotations
@@ -78,7 +80,9 @@ class NvidiaBackend(TritonCastsMixin, Backend):
         if importlib.util.find_spec("triton") is None:
             return "triton is not importable (pip install 'portable-fp8[nvidia]')"
         if self.interpreted:
-            return None
+            from . import _triton_kernels
+
+            return _triton_kernels.interpreter_problem()
         if not torch.cuda.is_available():
             return "no CUDA device (torch.cuda.is_available() is False)"
         cap = torch.cuda.get_device_capability()

@@ -35,10 +35,27 @@ if os.environ.get("PORTABLE_FP8_TRITON_INTERPRET") == "1":  # must precede trito
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRET", "triton", "tl"]
+__all__ = ["INTERPRET", "interpreter_problem", "triton", "tl"]
 
 #: True when the kernels run in Triton's CPU interpreter (on CPU tensors).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreter_problem() -> str | None:
+    """Why the interpreter cannot run our kernels in this process (None if it can).
+
+    Triton decorates its own library functions when it is first imported; if that happened
+    before ``TRITON_INTERPRET=1`` was set (``import portable_fp8`` imports triton through
+    torch.library), reductions such as ``tl.max`` fail in the interpreter.
+    """
+    from triton.language import standard
+
+    if type(standard.cdiv).__name__ != "InterpretedFunction":
+        return (
+            "Triton was imported before TRITON_INTERPRET=1 was set; set TRITON_INTERPRET=1 "
+            "in the environment of the process"
+        )
+    return None
 
 
 # --- element encoding ------------------------------------------------------------------------

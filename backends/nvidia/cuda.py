@@ -130,8 +130,10 @@ class CudaBackend(NvidiaBackend):
         if npad:
             qb = _pad_to(qb.t(), 0, 16).t()
         if mode == _ROWWISE:
-            sa = sa.reshape(m, 1)
-            sb = sb.reshape(1, n)
+            if sa.shape != (m, 1):
+                sa = sa.reshape(m, 1)
+            if sb.shape != (1, n):
+                sb = sb.reshape(1, n)
             if npad:
                 sb = F.pad(sb, (0, npad), value=1.0)
         elif mode == _BLOCKWISE:
@@ -139,7 +141,7 @@ class CudaBackend(NvidiaBackend):
             if kpad:
                 raise RuntimeError("cuBLASLt blockwise needs K % 128 == 0")
             sb = self._b_block_scale(sb)
-        else:
+        elif sa.dim() or sb.dim():
             sa, sb = sa.reshape(()), sb.reshape(())
         out = torch._scaled_mm(
             qa,
