@@ -298,3 +298,50 @@ def test_e4m3_exact_sum_holds_for_large_k():
     )  # fmt: skip
     true = (k - 1) * 448.0 * 448.0 + 448.0 * 2.0**-9
     assert _run(a, b).item() == np.float32(true)
+
+
+def _oracle_narrow_sum(a: np.ndarray, b: np.ndarray, mantissa_bits, rounding, group):
+    """The accumulator model written plainly in numpy float64: after each group of products
+    (summed in float64: exact for these operands) is added, round the partial sum's
+    significand (np.frexp) to mantissa_bits + 1 bits, half to even or toward zero."""
+    acc = np.zeros((a.shape[0], b.shape[1]))
+    p = mantissa_bits + 1
+    for lo in range(0, a.shape[1], group):
+        acc = acc + a[:, lo : lo + group] @ b[lo : lo + group, :]
+        mant, exp = np.frexp(acc)
+        scaled = mant * 2.0**p
+        scaled = np.trunc(scaled) if rounding == "truncate" else np.round(scaled)
+        acc = np.ldexp(scaled, exp - p)
+    return acc
+
+
+_MODELS = [
+    (13, "truncate", 32), (13, "nearest", 1), (23, "nearest", 1), (10, "nearest", 4),
+    (0, "nearest", 1), (0, "truncate", 3), (3, "truncate", 2), (52, "nearest", 1),
+]  # fmt: skip
+
+
+# Group sums must be exact in float64 for the two implementations to agree bit for bit
+# whatever their summation order: E4M3 x E4M3 products span 2**-18 .. 2**17.6 (36 bits),
+# E5M2 x E4M3 ones 2**-25 .. 2**24.6 (50 bits), so E5M2 is paired with groups of <= 4 only.
+@pytest.mark.parametrize(
+    ("formats", "model"),
+    [(("e4m3fn", "e4m3fn"), m) for m in _MODELS]
+    + [(("e5m2", "e4m3fn"), m) for m in _MODELS if m[2] <= 4],
+    ids=str,
+)
+def test_narrow_sum_matches_a_plain_model(formats, model):
+    mantissa_bits, rounding, group = model
+    g = torch.Generator().manual_seed(mantissa_bits * 7 + group)
+    codes_a = torch.randint(0, 256, (9, 301), generator=g).to(torch.uint8)
+    codes_b = torch.randint(0, 256, (301, 7), generator=g).to(torch.uint8)
+    fa, fb = FORMATS[formats[0]], FORMATS[formats[1]]
+    # Finite codes only (NaN/inf codes replaced by zero).
+    va = torch.nan_to_num(codes_to_float(codes_a, fa), nan=0.0, posinf=0.0, neginf=0.0)
+    vb = torch.nan_to_num(codes_to_float(codes_b, fb), nan=0.0, posinf=0.0, neginf=0.0)
+    one = torch.ones((), dtype=torch.float32)
+    a = Fp8Tensor(as_fp8_tensor(round_to_codes(va, fa), fa), one, fa, TENSORWISE)
+    b = Fp8Tensor(as_fp8_tensor(round_to_codes(vb, fb), fb), one, fb, TENSORWISE)
+    got = _run(a, b, accumulator=AccumulatorModel(mantissa_bits, rounding, group))
+    expected = _oracle_narrow_sum(va.double().numpy(), vb.double().numpy(), *model)
+    assert np.array_equal(got.numpy(), expected.astype(np.float32))

@@ -88,13 +88,28 @@ def _pow2(e: torch.Tensor) -> torch.Tensor:
     return ((e.to(torch.int64) + 1023) << 52).view(torch.float64)
 
 
-def _round_significand(x: torch.Tensor, model: AccumulatorModel) -> torch.Tensor:
-    """Round float64 ``x`` to ``model.mantissa_bits + 1`` significant bits (exponent unbounded)."""
-    mant, exp = torch.frexp(x)  # x = mant * 2**exp, 0.5 <= |mant| < 1
-    p = model.mantissa_bits + 1
-    scaled = mant * 2.0**p
-    scaled = torch.trunc(scaled) if model.rounding == "truncate" else torch.round(scaled)
-    return scaled * _pow2(exp.to(torch.int64) - p)
+def _round_significand_(x: torch.Tensor, model: AccumulatorModel) -> torch.Tensor:
+    """Round float64 ``x`` in place to ``model.mantissa_bits + 1`` significant bits.
+
+    Works on the IEEE bit patterns: dropping the low ``52 - mantissa_bits`` bits truncates
+    the magnitude; adding ``half - 1 + lsb`` first rounds it to nearest, ties to even (a
+    carry out of the mantissa moves into the exponent, as it should). The sign bit is never
+    touched, so rounding is symmetric, like trunc/round of the scaled significand. Exact for
+    normal float64 values (the sums of FP8 products here never reach float64 subnormals);
+    inf stays inf and NaN stays NaN (the quiet bit is kept for mantissa_bits >= 1).
+    """
+    drop = 52 - model.mantissa_bits
+    if drop <= 0:
+        return x
+    if drop >= 52:  # a 1-bit significand: the bit trick would clear NaN payloads
+        mant, exp = torch.frexp(x)
+        scaled = torch.trunc(mant * 2) if model.rounding == "truncate" else torch.round(mant * 2)
+        return x.copy_(scaled * _pow2(exp.to(torch.int64) - 1))
+    bits = x.view(torch.int64)
+    if model.rounding != "truncate":
+        bits.add_(((bits >> drop) & 1) + ((1 << (drop - 1)) - 1))
+    bits.bitwise_and_(~((1 << drop) - 1))
+    return x
 
 
 def _k_segments(
@@ -162,7 +177,11 @@ def _narrow_sum(a: torch.Tensor, b: torch.Tensor, model: AccumulatorModel) -> to
     acc = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64)
     g = max(model.group, 1)
     for lo in range(0, a.shape[1], g):
-        acc = _round_significand(acc + a[:, lo : lo + g] @ b[lo : lo + g, :], model)
+        if g == 1:  # acc + a b: the product is exact, so one float64 rounding, in place
+            acc.addcmul_(a[:, lo : lo + 1], b[lo : lo + 1, :])
+        else:
+            acc.add_(a[:, lo : lo + g] @ b[lo : lo + g, :])
+        _round_significand_(acc, model)
     return acc
 
 
