@@ -106,16 +106,6 @@ def assert_same_codes(got, expected, fmt: Format, what: str = "", inputs=None) -
         raise AssertionError(f"{what}: {len(bad)} mismatching codes, e.g. " + "; ".join(shown))
 
 
-def all_bf16_as_fp32() -> np.ndarray:
-    """Every one of the 65,536 bf16 bit patterns, widened exactly to fp32."""
-    return (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32)
-
-
-def all_fp16_as_fp32() -> np.ndarray:
-    """Every one of the 65,536 fp16 bit patterns, widened exactly to fp32."""
-    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-
-
 @pytest.fixture
 def clean_registry(monkeypatch):
     """Run a test with a freshly loaded registry and no PORTABLE_FP8_BACKEND; restore after."""
