@@ -44,6 +44,7 @@ def summary_table(report: SuiteReport) -> str:
 def _run(args: argparse.Namespace) -> int:
     from .report_html import write_html
     from .report_json import write_json
+    from .report_md import write_markdown
 
     command = "portable-fp8 " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
@@ -64,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
         write_json(report, args.json)
     if args.report:
         write_html(report, args.report)
+    if args.markdown:
+        write_markdown(report, args.markdown)
     return 0 if report.ok else 1
 
 
@@ -82,6 +85,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES, default="quick")
     p.add_argument("--json", metavar="OUT.json", help="write the JSON report here")
     p.add_argument("--report", metavar="OUT.html", help="write the HTML report here")
+    p.add_argument("--markdown", metavar="OUT.md", help="write a Markdown summary here")
     p.add_argument(
         "--deviations", metavar="FILE", help="known deviations: '<case id> <reason>' per line"
     )

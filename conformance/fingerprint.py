@@ -8,6 +8,8 @@ Mikaitis and Pranesh, "Numerical behavior of NVIDIA tensor cores", PeerJ Compute
 Placing the small product at several distances from the large one separates an exact
 multi-term adder (both products in one group), the accumulator itself, and promotion into a
 wider accumulator every so many elements (both products in different promotion intervals).
+Where the backend accumulates into C, ``C = -P`` leaves the small product as the exact
+result, so the output type does not limit what can be measured.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class _Prober:
         self.mult = max(caps.gemm_dim_multiple, 1)
         grans = caps.gemm_granularities
         self.tensorwise = ("tensorwise", "tensorwise") in grans
+        self.accumulate = caps.gemm_accumulate
         self.out = (
             torch.float32
             if torch.float32 in caps.out_dtypes
@@ -64,6 +67,7 @@ class _Prober:
         b_cols: list[list[float]],
         a_inv: float = 1.0,
         b_inv: float = 1.0,
+        c: float | None = None,
     ) -> torch.Tensor:
         """A (rows) @ B (columns) of exact FP8 values with tensorwise dequant factors."""
         k = self._pad(max(len(r) for r in a_rows + b_cols))
@@ -84,7 +88,8 @@ class _Prober:
         qb = Fp8Tensor(
             dev(as_fp8_tensor(b, self.fb)), dev(torch.tensor(1.0 / b_inv)), self.fb, TENSORWISE
         )
-        out = self.env.backend.scaled_mm(qa, qb, out_dtype=self.out, bias=None, c=None)
+        c_in = None if c is None else dev(torch.full((m, n), c, dtype=self.out))
+        out = self.env.backend.scaled_mm(qa, qb, out_dtype=self.out, bias=None, c=c_in)
         return out.cpu().double()[:, : len(b_cols)]
 
 
@@ -94,8 +99,13 @@ def _pow2_values(fmt: Format) -> list[float]:
     return sorted({float(x) for x in vals if math.frexp(float(x))[0] == 0.5})
 
 
-def _bits_kept(p: _Prober, position: int) -> int | None:
-    """Largest j with P + P 2**-j exact when the small product sits ``position`` after P."""
+def _bits_kept(p: _Prober, position: int) -> int | str:
+    """Largest j with P + P 2**-j exact when the small product sits ``position`` after P.
+
+    Where the backend declares accumulation into C, ``C = -P``: the result is then the
+    accumulated ``P + s`` minus ``P``, exact in the output, so the output type does not cap the
+    measurement (unless the backend rounds the sum to the output type before adding C).
+    """
     pa, pb = _pow2_values(p.fa), _pow2_values(p.fb)
     big_a, big_b = pa[-1], pb[-1]
     big = big_a * big_b
@@ -120,15 +130,17 @@ def _bits_kept(p: _Prober, position: int) -> int | None:
             a_rows.append(row)
         col = [0.0] * (position + 1)
         col[0], col[position] = big_b, yb
-        got = p.dot_rows(a_rows, [col])[:, 0]
+        got = p.dot_rows(a_rows, [col], c=-big if p.accumulate else None)[:, 0]
         for j, g in zip(jlist, got.tolist(), strict=True):
-            exact_j[j] = g == big + big * 2.0**-j
+            want = big * 2.0**-j if p.accumulate else big + big * 2.0**-j
+            exact_j[j] = g == want
     kept = 0
     for j in sorted(exact_j):
         if not exact_j[j]:
             break
         kept = j
-    return kept if kept < max(exact_j) else None  # None: exact over the whole probe range
+    top = max(exact_j)
+    return kept if kept < top else f"at least {top} (exact over the whole probe range)"
 
 
 def _rounding(p: _Prober, bits: int, position: int) -> str:
@@ -149,11 +161,12 @@ def _rounding(p: _Prober, bits: int, position: int) -> str:
         row[0], row[position] = sign * big_a, sign * x
         col = [0.0] * (position + 1)
         col[0], col[position] = big_b, y
-        got = float(p.dot_rows([row], [col])[0, 0])
-        up = sign * (big + big * 2.0**-bits)
+        offset = -sign * big if p.accumulate else 0.0
+        got = float(p.dot_rows([row], [col], c=offset if p.accumulate else None)[0, 0])
+        up = sign * (big + big * 2.0**-bits) + offset
         if got == up:
             outcomes.append("nearest")
-        elif got == sign * big:
+        elif got == sign * big + offset:
             outcomes.append("toward zero")
         else:
             outcomes.append(f"other ({got!r})")
@@ -260,9 +273,7 @@ def numerics_fingerprint(env: Env) -> dict[str, Any]:
                 bits[pos] = _bits_kept(p, pos)
             except Exception as exc:
                 bits[pos] = f"raised {type(exc).__name__}: {exc}"
-        fp["accumulator fraction bits by distance"] = {
-            str(k): ("more than the probe range" if v is None else v) for k, v in bits.items()
-        }
+        fp["accumulator fraction bits by distance"] = {str(k): v for k, v in bits.items()}
         numeric = {k: v for k, v in bits.items() if isinstance(v, int)}
         if numeric:
             far = max(numeric)

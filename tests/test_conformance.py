@@ -8,6 +8,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +154,13 @@ def test_known_deviations_and_stale_ids():
         parse_deviations("cast/e4m3fn/bf16-all/sat/scale=2^0\n")
 
 
+def test_example_deviations_file_names_real_cases():
+    path = Path(__file__).resolve().parent.parent / "docs/conformance/deviations.example.txt"
+    devs = parse_deviations(path.read_text(), str(path))
+    ids = {c.id for c in list_cases("reference", "quick")}
+    assert devs and set(devs) <= ids
+
+
 def test_case_ids_are_stable_and_unique():
     ids = [c.id for c in list_cases("reference", "full")]
     assert len(ids) == len(set(ids))
@@ -241,7 +249,7 @@ def test_error_vs_k_plot_draws_points_and_bound():
 
 
 def test_cli_exit_status_and_outputs(tmp_path, registered, capsys):
-    out_json, out_html = tmp_path / "r.json", tmp_path / "r.html"
+    out_json, out_html, out_md = tmp_path / "r.json", tmp_path / "r.html", tmp_path / "r.md"
     rc = portable_fp8.cli.main(
         [
             "conformance",
@@ -254,11 +262,14 @@ def test_cli_exit_status_and_outputs(tmp_path, registered, capsys):
             str(out_json),
             "--report",
             str(out_html),
+            "--markdown",
+            str(out_md),
         ]
     )
     assert rc == 0
     assert json.loads(out_json.read_text())["ok"] is True
     assert "<svg" in out_html.read_text() or "No GEMM" in out_html.read_text()
+    assert "| **total** |" in out_md.read_text()
     table = capsys.readouterr().out
     assert "total" in table and "PASSED" in table
     registered(IgnoresBias())

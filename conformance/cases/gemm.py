@@ -307,7 +307,9 @@ def _specs(env: Env) -> list[GemmSpec]:
     out_names = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
     outs = sorted(set(out_names) | set(caps.out_dtypes), key=lambda d: out_names.get(d, 9))
     out = torch.bfloat16 if torch.bfloat16 in caps.out_dtypes else outs[0]
-    base = GemmSpec(fa, fb, ga, gb, 48, 160, 64, out=torch.float32)
+    # fp32 output where declared, so that the accumulator, not the output, dominates.
+    base_out = torch.float32 if torch.float32 in caps.out_dtypes else out
+    base = GemmSpec(fa, fb, ga, gb, 48, 160, 64, out=base_out)
     gran_pairs = sorted(set(DEFAULT_GEMM_GRANULARITIES) | set(caps.gemm_granularities))
     names = [f.name for f in element_formats()]
     specs: list[GemmSpec] = []
