@@ -136,6 +136,8 @@ def run_one(case: Case, env: Env, deviations: dict[str, str]) -> CaseResult:
     if result.verdict is Verdict.FAILED and case.id in deviations:
         result.verdict = Verdict.KNOWN_DEVIATION
         result.detail = f"known deviation: {deviations[case.id]} | {result.detail}"
+    elif result.verdict is Verdict.PASSED and case.id in deviations:
+        result.detail += " (listed as a known deviation but passed: the entry may be stale)"
     return result
 
 

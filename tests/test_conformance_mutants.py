@@ -71,13 +71,18 @@ class FlushSubnormals(ReferenceBackend):
 
 
 class Clamp448(ReferenceBackend):
-    """Saturates Gaudi2's E4M3 at E4M3FN's 448 instead of the format's 240."""
+    """Saturates at E4M3FN's 448 where the format says 240: Gaudi2's E4M3 keeps codes up to
+    448, and E4M3FNUZ is "saturated" by clamping to +-448 before a non-saturating convert
+    (so 240 < |y| <= 448 becomes NaN instead of +-240)."""
 
     name = "mutant-448"
 
     def cast_to_fp8(self, x, fmt: Format, scale, granularity, *, saturate, rand_bits):
         if fmt.name == "e4m3_gaudi2":
             fmt = dataclasses.replace(fmt, max=448.0)
+        if fmt.name == "e4m3fnuz" and saturate and rand_bits is None:
+            y = scaled_fp32(x, _per_element(scale, granularity, x.shape)).clamp(-448.0, 448.0)
+            return as_fp8_tensor(round_to_codes(y, fmt, saturate=False), fmt)
         return super().cast_to_fp8(
             x, fmt, scale, granularity, saturate=saturate, rand_bits=rand_bits
         )
@@ -133,8 +138,12 @@ MUTANTS = {
         ["gemm/*", "amax/*", "dequant/*"],
     ),
     Clamp448: (
-        ["cast/e4m3_gaudi2/fp32-edge/sat/scale=2^0", "cast/e4m3_gaudi2/bf16-all/sat/*"],
-        ["cast/e4m3fn/*", "cast/e4m3fnuz/*", "gemm/*"],
+        [
+            "cast/e4m3_gaudi2/fp32-edge/sat/scale=2^0",
+            "cast/e4m3_gaudi2/bf16-all/sat/*",
+            "cast/e4m3fnuz/fp32-edge/sat/scale=2^0",
+        ],
+        ["cast/e4m3fn/*", "cast/e4m3fnuz/*/nosat/*", "gemm/*"],
     ),
     InvertedScale: (
         ["cast/e4m3fn/bf16-all/sat/scale=3.7", "cast/e5m2/fp32-edge/sat/scale=2^-4"],
