@@ -1,0 +1,167 @@
+"""LLM-shaped MLP forward + backward: BF16 vs torchao float8 vs portable-fp8, all compiled.
+
+The MLP is ``Linear(d, h) -> GELU -> Linear(h, d)`` without bias, d=4096, h=14336, on
+16384 tokens of bf16 activations with bf16 weights (as in torchao's float8 benchmarks).
+One timed step is forward, ``y.backward(dy)`` (dgrad of the input included) and dropping the
+gradients. Each variant is a fresh copy of the same weights, converted, then
+``torch.compile``d; after warm-up, steps are timed with CUDA events and the median is
+reported, with the relative error of y against the BF16 run as a sanity check.
+
+    python benchmarks/bench_mlp.py --out benchmarks/results/mlp_h100.md
+
+Variants: ``bf16``; ``torchao-tensorwise``, ``torchao-rowwise`` (skipped, and said so, if
+torchao is not importable); ours with each recipe: ``ours-tensorwise``, ``ours-rowwise``,
+``ours-delayed``, ``ours-blockwise``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+import portable_fp8 as fp8
+import portable_fp8.nn as fp8nn
+
+_OURS = {
+    "ours-tensorwise": lambda: fp8nn.CurrentScaling(),
+    "ours-rowwise": lambda: fp8nn.CurrentScaling(granularity="rowwise"),
+    "ours-delayed": lambda: fp8nn.DelayedScaling(),
+    "ours-blockwise": lambda: fp8nn.Blockwise(),
+}
+_TORCHAO = {"torchao-tensorwise": "tensorwise", "torchao-rowwise": "rowwise"}
+
+
+def _mlp(d: int, h: int, device: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(d, h, bias=False), nn.GELU(), nn.Linear(h, d, bias=False))
+    return model.to(device=device, dtype=torch.bfloat16)
+
+
+def _make(name: str, base: nn.Module, backend: str | None) -> tuple[nn.Module, str]:
+    model = copy.deepcopy(base)
+    if name == "bf16":
+        return model, ""
+    if name in _TORCHAO:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+        cfg = Float8LinearConfig.from_recipe_name(_TORCHAO[name])
+        convert_to_float8_training(model, config=cfg)
+        import torchao
+
+        return model, f"torchao {torchao.__version__}"
+    report = fp8nn.convert(model, _OURS[name](), backend=backend)
+    if report.skipped:
+        raise RuntimeError(str(report))
+    return model, f"backend {report.backend}"
+
+
+def _time(fn, warmup: int, iters: int, device: str) -> list[float]:
+    """Milliseconds per call: CUDA events on a GPU, perf_counter on the CPU (smoke tests)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        if device != "cuda":
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+            continue
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--dim", type=int, default=4096)
+    p.add_argument("--hidden", type=int, default=14336)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--backend", default=None, help="our backend (default: the registry's)")
+    p.add_argument("--variants", default="bf16," + ",".join([*_TORCHAO, *_OURS]))
+    p.add_argument("--out", default=None, help="Markdown file for the results table")
+    p.add_argument("--device", default="cuda", help="cpu only for smoke tests of the script")
+    args = p.parse_args(argv)
+    device = args.device
+    base = _mlp(args.dim, args.hidden, device)
+    x = torch.randn(args.tokens, args.dim, device=device, dtype=torch.bfloat16)
+    dy = torch.randn(args.tokens, args.dim, device=device, dtype=torch.bfloat16) * 1e-2
+    flops = 3 * 2 * 2 * args.tokens * args.dim * args.hidden  # 2 layers x (fwd, dgrad, wgrad)
+    rows, ref_y = [], None
+    for name in args.variants.split(","):
+        t0 = time.perf_counter()
+        try:
+            model, note = _make(name, base, args.backend)
+            compiled = torch.compile(model)
+            xin = x.clone().requires_grad_()
+
+            def step(compiled=compiled, model=model, xin=xin):
+                y = compiled(xin)
+                y.backward(dy)
+                xin.grad = None
+                for prm in model.parameters():
+                    prm.grad = None
+                return y
+
+            y = step().detach().float()
+            if ref_y is None:
+                ref_y = y
+            err = ((y - ref_y).norm() / ref_y.norm()).item()
+            times = _time(step, args.warmup, args.iters, device)
+        except Exception as exc:  # report, keep going with the other variants
+            rows.append((name, None, None, None, f"failed: {type(exc).__name__}: {exc}"[:200]))
+            print(f"{name}: FAILED {exc}", flush=True)
+            continue
+        ms = statistics.median(times)
+        rows.append((name, ms, flops / ms / 1e9, err, note))
+        print(f"{name}: {ms:.3f} ms median ({min(times):.3f} min), "
+              f"{flops / ms / 1e9:.0f} TFLOP/s, rel err {err:.2e}, "
+              f"setup+compile {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
+        del model, compiled
+        torch.cuda.empty_cache()
+    bf16_ms = next((r[1] for r in rows if r[0] == "bf16" and r[1]), None)
+    lines = [
+        f"MLP {args.dim} -> {args.hidden} -> {args.dim}, {args.tokens} tokens, bf16, "
+        "forward + backward, torch.compile (default mode), median of "
+        f"{args.iters} CUDA-event timings after {args.warmup} warm-up steps.",
+        "",
+        f"Device: {_device_name(device)}; torch {torch.__version__}; "
+        f"portable-fp8 {fp8.__version__}; Python {platform.python_version()}.",
+        f"Command: `python {' '.join([sys.argv[0], *(argv or sys.argv[1:])])}`",
+        "",
+        "| variant | ms | TFLOP/s | speed-up vs bf16 | rel. error of y vs bf16 | notes |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, ms, tf, err, note in rows:
+        if ms is None:
+            lines.append(f"| {name} | - | - | - | - | {note} |")
+            continue
+        speed = f"{bf16_ms / ms:.2f}x" if bf16_ms else "-"
+        lines.append(f"| {name} | {ms:.2f} | {tf:.0f} | {speed} | {err:.1e} | {note} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
