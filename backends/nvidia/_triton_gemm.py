@@ -80,8 +80,11 @@ def _scaled_mm_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
-    rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
-    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    # Wrapped indices (rows/columns past the edge repeat earlier ones; their results are
+    # masked at the store). No contiguity hints: the wrapped tail is not contiguous, and the
+    # scale vectors indexed by them would be read with misaligned vector loads.
+    rm = offs_m % M
+    rn = offs_n % N
     a_ptrs = a_ptr + rm[:, None].to(tl.int64) * sam + offs_k[None, :] * sak
     b_ptrs = b_ptr + offs_k[:, None] * sbk + rn[None, :].to(tl.int64) * sbn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
