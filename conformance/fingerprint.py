@@ -33,6 +33,11 @@ PROBE_POSITIONS = (1, 8, 16, 31, 32, 64, 100, 127, 128, 200, 256, 511, 512, 1024
 
 
 def _code(fmt: Format, value: float) -> int:
+    """The code of ``value`` in ``fmt`` (NaN and, where the format has them, infinities too)."""
+    if value != value:
+        return fmt.nan_code
+    if math.isinf(value) and fmt.inf_code is not None:
+        return fmt.inf_code | (0x80 if value < 0 else 0)
     hits = (fmt.code_values == value).nonzero()
     if hits.numel() == 0:
         raise ValueError(f"{value!r} is not a {fmt.name} value")
@@ -194,37 +199,16 @@ def _subnormals(p: _Prober) -> dict[str, str]:
 
 
 def _specials(p: _Prober) -> dict[str, str]:
+    nan, inf = float("nan"), float("inf")
+    probes = {"NaN x 1": ([nan, 1.0], [1.0, 1.0])}
+    if p.fa.has_inf:
+        probes["inf x 1"] = ([inf, 1.0], [1.0, 1.0])
+        probes["inf x 0"] = ([inf, 1.0], [0.0, 1.0])
+        probes["inf + -inf"] = ([inf, -inf], [1.0, 1.0])
     out = {}
-    fa = p.fa
-    rows = {"NaN x 1": [[float("nan"), 1.0]]}
-    if fa.has_inf:
-        rows["inf x 1"] = [[float("inf"), 1.0]]
-        rows["inf x 0"] = [[float("inf"), 1.0]]
-        rows["inf + -inf"] = [[float("inf"), -float("inf")]]
-    for name, a_rows in rows.items():
-        col = [0.0, 1.0] if name == "inf x 0" else [1.0, 1.0]
+    for name, (row, col) in probes.items():
         try:
-            k = p._pad(2)
-            a = torch.zeros(1, k, dtype=torch.uint8)
-            for j, v in enumerate(a_rows[0]):
-                a[0, j] = (
-                    fa.nan_code
-                    if v != v
-                    else (fa.inf_code | (0x80 if v < 0 else 0) if math.isinf(v) else _code(fa, v))
-                )
-            b = torch.zeros(k, p._pad(1), dtype=torch.uint8)
-            for j, v in enumerate(col):
-                b[j, 0] = _code(p.fb, v)
-            dev = p.env.to_device
-            one = dev(torch.tensor(1.0))
-            got = p.env.backend.scaled_mm(
-                Fp8Tensor(dev(as_fp8_tensor(a, fa)), one, fa, TENSORWISE),
-                Fp8Tensor(dev(as_fp8_tensor(b, p.fb)), one, p.fb, TENSORWISE),
-                out_dtype=p.out,
-                bias=None,
-                c=None,
-            )
-            out[name] = repr(float(got.cpu()[0, 0]))
+            out[name] = repr(float(p.dot_rows([row], [col])[0, 0]))
         except Exception as exc:
             out[name] = f"raised {type(exc).__name__}: {exc}"
     return out

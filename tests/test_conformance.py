@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from portable_fp8.backends.reference import ReferenceBackend
-from portable_fp8.conformance import Verdict, list_cases, run_case, run_suite
+from portable_fp8.conformance import Verdict, list_cases, resolve_backend, run_case, run_suite
 from portable_fp8.conformance.cases.stochastic import hoeffding_tolerance
 from portable_fp8.conformance.data import all_bf16, fp32_edge_cases
 from portable_fp8.conformance.deviations import parse_deviations
@@ -335,3 +335,19 @@ def test_html_report_renders_in_a_headless_browser(failing_report, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     # A blank page compresses to a few kB; text, tables and colours take far more.
     assert len(data) > 30_000
+
+
+def test_progress_bar_goes_to_stderr(capsys):
+    report = run_suite("reference", select="amax/rowwise/*", progress=True, fingerprint=False)
+    err = capsys.readouterr().err
+    assert f"{len(report.records)}/{len(report.records)}" in err and "[" in err
+
+
+def test_automatic_backend_is_the_available_one_of_highest_priority(monkeypatch):
+    monkeypatch.delenv(registry.ENV_VAR, raising=False)
+    available = [
+        b for b in registry.list_backends().values() if registry.unavailable_reason(b) is None
+    ]
+    assert resolve_backend(None).priority == max(b.priority for b in available)
+    monkeypatch.setenv(registry.ENV_VAR, "reference")
+    assert resolve_backend(None).name == "reference"

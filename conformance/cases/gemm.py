@@ -239,7 +239,16 @@ def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
     return _judge(env, spec, got.double(), exact, reference_out.double(), bound, abs_sum + addends)
 
 
-def _judge(env, spec, got, exact, ref_out, bound, magnitude) -> CaseResult:
+def _judge(
+    env: Env,
+    spec: GemmSpec,
+    got: torch.Tensor,
+    exact: torch.Tensor,
+    ref_out: torch.Tensor,
+    bound: torch.Tensor,
+    magnitude: torch.Tensor,
+) -> CaseResult:
+    """Elementwise verdict: NaN/inf as the reference output, finite ones within the bound."""
     ref_nan = torch.isnan(ref_out)
     ref_inf = torch.isinf(ref_out)
     special_bad = (ref_nan & ~torch.isnan(got)) | (ref_inf & (got != ref_out))
@@ -249,15 +258,10 @@ def _judge(env, spec, got, exact, ref_out, bound, magnitude) -> CaseResult:
     ratio = torch.where(finite, err / bound, torch.zeros_like(err))
     over = finite & ~(err <= bound)
     bad = over | special_bad
-    pos = magnitude > 0
-    rel_err = (
-        float((err[finite & pos] / magnitude[finite & pos]).max()) if (finite & pos).any() else 0.0
-    )
-    rel_bound = (
-        float((bound[finite & pos] / magnitude[finite & pos]).max())
-        if (finite & pos).any()
-        else 0.0
-    )
+    # Relative to sum |a||b| (+ |bias| + |C|): what the error-versus-K plot shows.
+    rel = finite & (magnitude > 0)
+    rel_err = float((err[rel] / magnitude[rel]).max()) if rel.any() else 0.0
+    rel_bound = float((bound[rel] / magnitude[rel]).max()) if rel.any() else 0.0
     max_ratio = float(ratio.max()) if ratio.numel() else 0.0
     extra = {
         "k": spec.k,
