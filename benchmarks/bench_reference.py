@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     size = 256 if args.quick else 1024
     narrow_runs = 1 if args.quick else 3
 
+    load_before = " ".join(f"{v:.2f}" for v in os.getloadavg())
     rate, cast_times = _bench_cast(n, args.runs)
     rows = [
         (
@@ -125,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         facts = [
             f"- command: `python benchmarks/{Path(__file__).name}`",
             f"- date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}",
-            f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}",
+            f"- nproc: {os.cpu_count()}, torch threads: {torch.get_num_threads()}, "
+            f"load average before the run: {load_before}",
             f"- cpu: {_cpu_model()}",
             f"- python {platform.python_version()}, torch {torch.__version__}",
             "- data: torch.randn (seeded); cast timings include the op layer's validation;",
