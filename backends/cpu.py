@@ -233,7 +233,8 @@ class CpuBackend(Backend):
             and (a.granularity.name, b.granularity.name) in self._scaled_mm_pairs
         )
         ipex_gemm = (
-            self._ipex.gemm
+            a.data.device.type == "cpu"
+            and self._ipex.gemm
             and a.format.name in _IPEX_FORMATS
             and b.format.name in _IPEX_FORMATS
             and a.granularity.is_tensorwise

@@ -23,6 +23,7 @@ from portable_fp8.backends.cpu import CpuBackend
 
 import portable_fp8 as fp8
 from portable_fp8.emulator.cast import as_fp8_tensor, codes_of, codes_to_float, round_to_codes
+from portable_fp8.emulator.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
 from portable_fp8.formats import get_format
 
 _CALLS: list[tuple[str, tuple]] = []
@@ -50,9 +51,21 @@ def _cast_from(q, scale_inv, index, itype, out_dtype):
     return (codes_to_float(codes_of(q), get_format(_NAMES[itype])) * scale_inv[index]).to(out_dtype)
 
 
+def _linear(a, a_scale_inv, a_index, a_type, w, w_scale_inv, w_index, w_type, bias, out):
+    """``out = (A sa) @ (W sw).T (+ bias)``, A (M, K) and the weight W (N, K), in float64."""
+    _CALLS.append(("fp8_linear", (a, a_scale_inv, a_index, a_type, w, w_scale_inv, w_index,
+                                  w_type, bias, out)))  # fmt: skip
+    av = codes_to_float(codes_of(a), get_format(_NAMES[a_type])).double() * a_scale_inv[a_index]
+    wv = codes_to_float(codes_of(w), get_format(_NAMES[w_type])).double() * w_scale_inv[w_index]
+    result = av @ wv.T + (0.0 if bias is None else bias.double())
+    out.copy_(result.to(out.dtype))
+    return out
+
+
 @pytest.fixture
 def fake_ipex(monkeypatch):
-    """A fake ``intel_extension_for_pytorch`` with the two cast ops (no FP8 GEMM support)."""
+    """A fake ``intel_extension_for_pytorch`` with the two cast ops (no FP8 GEMM support;
+    set ``fake_ipex._C.onednn_has_fp8_support`` to turn its ``fp8_linear`` on)."""
     if not _LIB:
         lib = torch.library.Library("torch_ipex", "DEF")
         lib.define(
@@ -61,6 +74,11 @@ def fake_ipex(monkeypatch):
         lib.define("cast_from_fp8(Tensor _0, Tensor _1, int _2, int _3, ScalarType _4) -> Tensor")
         lib.impl("cast_to_fp8", _cast_to, "CPU")
         lib.impl("cast_from_fp8", _cast_from, "CPU")
+        lib.define(
+            "fp8_linear(Tensor _0, Tensor _1, int _2, int _3, Tensor _4, Tensor _5, int _6, "
+            "int _7, Tensor? _8, Tensor? _9) -> Tensor"
+        )
+        lib.impl("fp8_linear", _linear, "CPU")
         _LIB.append(lib)
     module = types.ModuleType("intel_extension_for_pytorch")
     module.__version__ = "2.8.0+fake"
@@ -163,3 +181,39 @@ def test_ipex_path_not_used_where_it_does_not_apply(fake_ipex, call):
     x = torch.randn(4, 8) * 1000
     call(CpuBackend(), x, fp8.GRANULARITIES["tensorwise"])
     assert not _CALLS
+
+
+def test_ipex_gemm_path_maps_the_linear_layout(fake_ipex):
+    fake_ipex._C.onednn_has_fp8_support = lambda: True
+    b = CpuBackend()
+    assert "torch_ipex::fp8_linear" in b.describe()["gemm_path"]
+    g = torch.Generator().manual_seed(4)
+    with fp8.use_backend("reference"):
+        qa = fp8.quantize(torch.randn(9, 40, generator=g), "e4m3fn")
+        qw = fp8.quantize(torch.randn(7, 40, generator=g), "e5m2")  # weight (N, K)
+    got = b.scaled_mm(qa, qw.t(), out_dtype=torch.bfloat16, bias=None, c=None)
+    op, args = _CALLS[-1]
+    assert op == "fp8_linear"
+    assert args[0].shape == (9, 40) and args[4].shape == (7, 40)  # A, and the weight as (N, K)
+    assert (args[2], args[3], args[6], args[7]) == (0, 24, 0, 23)
+    assert torch.equal(args[1], qa.scale_inv.reshape(1))  # dequantisation factors
+    assert torch.equal(args[5], qw.scale_inv.reshape(1))
+    assert args[9].dtype == torch.float32  # fp32 out, rounded to bf16 afterwards
+    # Within the contract's bound for an fp32 accumulator (emulator/gemm.py), bf16 output.
+    exact = fp8.scaled_mm(qa, qw.t(), out_dtype=torch.float32, backend="reference").double()
+    args_ = (qa.data, qw.t().data, qa.format, qw.format, qa.scale, qw.scale)
+    grans = (qa.granularity, qw.t().granularity)
+    bound = gemm_error_bound(
+        abs_product_sum(*args_, *grans),
+        40,
+        accumulator=FP32_ACCUMULATOR,
+        out_dtype=torch.bfloat16,
+        exact=exact,
+    )
+    assert got.dtype == torch.bfloat16
+    assert bool(((got.double() - exact).abs() <= bound).all())
+    _CALLS.clear()
+    with fp8.use_backend("reference"):
+        qr = fp8.quantize(torch.randn(9, 40, generator=g), "e4m3fn", granularity="rowwise")
+    b.scaled_mm(qr, qr.t(), out_dtype=torch.float32, bias=None, c=None)
+    assert not _CALLS  # rowwise scales: not IPEX's (one scale per tensor)
