@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -42,24 +41,28 @@ def _bench(fn, rep_ms: int = 200) -> float:
     return triton.testing.do_bench(fn, warmup=50, rep=rep_ms, return_mode="median") * 1e3
 
 
-def _host_us(fn, calls: int = 200) -> float:
-    """Median host (CPU) time per call in microseconds, over 25 batches of ``calls`` calls.
+def _host_us(fns: dict, calls: int = 100, rounds: int = 40) -> dict:
+    """Host (CPU) time per call in microseconds of each function, interleaved round-robin.
 
-    Batches are short enough (200 launches) that the GPU's launch queue never fills, so the
-    time is the host's own cost per call, not the GPU's time per GEMM.
+    Each round times ``calls`` calls of every function, then synchronises; batches are short
+    enough that the GPU's launch queue never fills, so the time is the host's own cost per
+    call, not the GPU's time per GEMM. The minimum over rounds is reported (the least
+    disturbed by other processes on the host).
     """
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(25):
-        t0 = time.perf_counter()
-        for _ in range(calls):
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():
+        for _ in range(20):
             fn()
-        t1 = time.perf_counter()
-        torch.cuda.synchronize()
-        samples.append((t1 - t0) / calls * 1e6)
-    return statistics.median(samples)
+    torch.cuda.synchronize()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            t1 = time.perf_counter()
+            torch.cuda.synchronize()
+            best[name] = min(best[name], (t1 - t0) / calls * 1e6)
+    return best
 
 
 def _operands(m: int, k: int, n: int, pair: tuple[str, str], backend: str):
@@ -113,7 +116,11 @@ def _bench_gemm(mode: str, pair: tuple[str, str], m: int, k: int, n: int) -> dic
     # correctness guard: our result equals the raw call (same library, same inputs)
     same = torch.equal(ours(), raw())
     tri_rel = float((tri().float() - raw().float()).norm() / raw().float().norm())
-    t_raw, t_ours, t_tri = _bench(raw), _bench(ours), _bench(tri)
+    # raw and ours alternate (3 medians each, the least kept) so clock drift hits both alike
+    t_raw = t_ours = float("inf")
+    for _ in range(3):
+        t_raw, t_ours = min(t_raw, _bench(raw, 100)), min(t_ours, _bench(ours, 100))
+    t_tri = _bench(tri)
     t_fast = _bench(lambda: raw(True))
     row = {
         "kind": "gemm",
@@ -132,8 +139,8 @@ def _bench_gemm(mode: str, pair: tuple[str, str], m: int, k: int, n: int) -> dic
         "triton_rel_diff_to_cublas": tri_rel,
     }
     if m <= 64:
-        h_raw, h_ours = _host_us(raw), _host_us(ours)
-        h_auto, h_direct = _host_us(ours_auto), _host_us(backend_direct)
+        h = _host_us({"raw": raw, "ours": ours, "auto": ours_auto, "direct": backend_direct})
+        h_raw, h_ours, h_auto, h_direct = h["raw"], h["ours"], h["auto"], h["direct"]
         row.update(
             host_raw_us=h_raw,
             host_ours_us=h_ours,

@@ -3,6 +3,8 @@
 #
 # Usage: ci/gpu.sh [tests] [conformance-quick|conformance-full] [bench|bench-quick]
 #   (default: tests conformance-full bench). Outputs go to $OUT (default: ci-out/).
+#   Env: PYTEST_ARGS (e.g. '-k gemm'), CONF_TIMEOUT (s per backend, default 540),
+#   BENCH_ARGS (e.g. '--skip sweep,probe').
 # Needs: a CUDA GPU of compute capability >= 8.9, torch with CUDA, triton; installs this
 # project without dependencies (the GPU machine may have no network).
 set -uo pipefail
@@ -23,7 +25,7 @@ portable-fp8 backends 2>&1 | grep -E '^(cuda|triton) ' || true
 for step in "${steps[@]}"; do
   case "$step" in
     tests)
-      python3 -m pytest -q -p no:cacheprovider tests/test_nvidia_gpu.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+      python3 -m pytest -q -p no:cacheprovider tests/test_nvidia_gpu.py ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
       [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     conformance-quick|conformance-full)
       profile="${step#conformance-}"

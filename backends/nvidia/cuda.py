@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from portable_fp8.backend import Backend
 from portable_fp8.emulator.gemm import HOPPER_FAST_ACCUMULATOR
+from portable_fp8.granularity import GRANULARITIES
 from portable_fp8.hookspecs import hookimpl
 from portable_fp8.tensor import Fp8Tensor
 
@@ -33,6 +34,9 @@ from ._casts import scale_inv_of
 __all__ = ["CudaBackend", "portable_fp8_backends"]
 
 _TENSORWISE, _ROWWISE, _BLOCKWISE = 0, 1, 2
+_MODES_BY_GRANULARITY = {
+    (GRANULARITIES[ga], GRANULARITIES[gb]): mode for (ga, gb), mode in GEMM_MODES.items()
+}
 
 
 def _pad_to(t: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
@@ -87,7 +91,9 @@ class CudaBackend(NvidiaBackend):
         bias: torch.Tensor | None,
         c: torch.Tensor | None,
     ) -> torch.Tensor:
-        mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]
+        mode = _MODES_BY_GRANULARITY.get((a.granularity, b.granularity))
+        if mode is None:  # an equal-named granularity built elsewhere
+            mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]
         sa, sb = scale_inv_of(a), scale_inv_of(b)
         direct = bias is None and c is None
         if mode == _BLOCKWISE:
@@ -119,11 +125,19 @@ class CudaBackend(NvidiaBackend):
     def _cublas(self, qa, qb, sa, sb, mode, out_dtype):
         m, k = qa.shape
         n = qb.shape[1]
-        if qa.stride(1) != 1 or qa.stride(0) < k:
+        a_rows, a_cols = qa.stride()
+        b_rows, b_cols = qb.stride()
+        if a_cols != 1 or a_rows < k:
             qa = qa.contiguous()
-        if qb.stride(0) != 1 or qb.stride(1) < k:
+        if b_rows != 1 or b_cols < k:
             qb = qb.t().contiguous().t()
         kpad, npad = -k % 16, -n % 16
+        if mode == _TENSORWISE and not (kpad or npad):  # the common case, kept short
+            if sa.dim() or sb.dim():
+                sa, sb = sa.reshape(()), sb.reshape(())
+            return torch._scaled_mm(
+                qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=self.fast_accum
+            )
         if kpad:
             qa = _pad_to(qa, 1, 16)
             qb = _pad_to(qb.t(), 1, 16).t()
