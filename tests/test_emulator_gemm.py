@@ -97,7 +97,7 @@ def _exact(a, b, bias=None, c=None):
 @pytest.mark.parametrize("extras", ["none", "bias", "bias+c"])
 def test_exact_mode_is_one_output_rounding(pair, out_dtype, extras):
     m, k, n = 37, 300, 45  # no multiple of 16, partial 128- and 32-blocks along K
-    a, b = _operands(m, k, n, pair, seed=hash((pair, extras)) % 1000)
+    a, b = _operands(m, k, n, pair, seed=PAIRS.index(pair) * 10 + len(extras))  # deterministic
     g = torch.Generator().manual_seed(9)
     bias = torch.randn(n, generator=g) * 5 if extras != "none" else None
     c = torch.randn(m, n, generator=g).to(out_dtype) if extras == "bias+c" else None
