@@ -1,10 +1,10 @@
 """Train a small GPT-style character (byte) language model in high precision and in FP8.
 
-The corpus is the Python standard library's own top-level ``*.py`` files (present on every
-machine with Python), read as bytes in sorted file order. Both runs use the same seed, so
-the same initial weights, and the same batch order; the FP8 run differs only in that every
-Linear of the transformer blocks is converted with :func:`portable_fp8.nn.convert` (the
-output head stays in high precision).
+The corpus is the Python standard library's own ``*.py`` files (present on every machine
+with Python), read as bytes in sorted path order (vocabulary: the 256 byte values). Both
+runs use the same seed, so the same initial weights, and the same batch order; the FP8 run
+differs only in that every Linear of the transformer blocks is converted with
+:func:`portable_fp8.nn.convert` (the output head stays in high precision).
 
 Examples::
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import math
 import os
@@ -72,18 +71,29 @@ PRESETS: dict[str, Config] = {
         steps=2000,
         lr=2e-3,
         warmup=100,
-        corpus_bytes=4 << 20,
+        corpus_bytes=24 << 20,
         eval_batches=16,
         eval_every=250,
     ),
 }
 
 
-def load_corpus(n_bytes: int) -> torch.Tensor:
-    """The first ``n_bytes`` bytes of the stdlib's top-level .py files, sorted by name."""
+def _stdlib_sources() -> list[str]:
+    """The standard library's .py files (packages included, installed add-ons excluded),
+    in sorted path order."""
     stdlib = sysconfig.get_paths()["stdlib"]
+    skip = {"site-packages", "dist-packages", "__pycache__"}
+    paths = []
+    for root, dirs, files in os.walk(stdlib):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        paths += [os.path.join(root, f) for f in files if f.endswith(".py")]
+    return sorted(paths)
+
+
+def load_corpus(n_bytes: int) -> torch.Tensor:
+    """The first ``n_bytes`` bytes of the stdlib's .py files, concatenated in path order."""
     chunks, total = [], 0
-    for path in sorted(glob.glob(os.path.join(stdlib, "*.py"))):
+    for path in _stdlib_sources():
         with open(path, "rb") as f:
             data = f.read()
         chunks.append(data)
