@@ -8,7 +8,7 @@
 #
 # It then checks that the `gaudi` backend is available and which generation it detected,
 # runs the conformance suite (profile full by default) and writes
-#   docs/conformance/gaudi-<generation>/gaudi-<profile>.{json,html,txt}
+#   docs/conformance/gaudi-<generation>/gaudi-<profile>.{json,html,md,txt}
 # plus the `portable-fp8 backends` listing; attach them to the bring-up ticket or commit them.
 # With SR=device it also runs the stochastic cases with the bridge's own stochastic rounding
 # (PORTABLE_FP8_GAUDI_SR=device); its explicit-random-bits cases are declared deviations.
@@ -50,10 +50,10 @@ mkdir -p "$OUT"
 "$PYTHON" -m portable_fp8.cli backends | tee "$OUT/backends.txt"
 
 stem="$OUT/gaudi-$PROFILE"
-echo "== conformance ($PROFILE) -> $stem.{json,html,txt}"
+echo "== conformance ($PROFILE) -> $stem.{json,html,md,txt}"
 set +e
 "$PYTHON" -m portable_fp8.cli conformance --backend gaudi --profile "$PROFILE" --no-progress \
-    --json "$stem.json" --report "$stem.html" | tee "$stem.txt"
+    --json "$stem.json" --report "$stem.html" --markdown "$stem.md" | tee "$stem.txt"
 status=${PIPESTATUS[0]}
 if [ "${SR:-}" = "device" ]; then
     echo "== stochastic rounding with the bridge's own RNG"

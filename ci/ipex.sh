@@ -51,10 +51,10 @@ EOF
 
 mkdir -p "$OUT"
 stem="$OUT/cpu-ipex-$PROFILE"
-echo "== conformance ($PROFILE) -> $stem.{json,html,txt}"
+echo "== conformance ($PROFILE) -> $stem.{json,html,md,txt}"
 set +e
 "$VENV/bin/portable-fp8" conformance --backend cpu --profile "$PROFILE" --no-progress \
-    --json "$stem.json" --report "$stem.html" | tee "$stem.txt"
+    --json "$stem.json" --report "$stem.html" --markdown "$stem.md" | tee "$stem.txt"
 status=${PIPESTATUS[0]}
 set -e
 echo "== conformance exit status $status (0: nothing failed)"

@@ -5,10 +5,11 @@ Usage (from the repository root)::
     PYTHONPATH=tests python -m _gaudi_standin.run_conformance --generation gaudi2 \\
         --profile full --out docs/conformance/gaudi-standin
 
-writes ``<generation>-<profile>.json`` and ``.html`` there. The backend under test is the real
-``GaudiBackend`` class over the stand-in bridge ops (``gaudi-standin``), so the report checks
-the adapter's argument mapping against the documented op semantics, not Gaudi hardware; the
-JSON record carries a ``standin`` note saying so. Exit status 0 only if nothing failed.
+writes ``<generation>-<profile>.json``, ``.html`` and ``.md`` there. The backend under test
+is the real ``GaudiBackend`` class over the stand-in bridge ops (``gaudi-standin``), so the
+report checks the adapter's argument mapping against the documented op semantics, not Gaudi
+hardware; the JSON record carries a ``standin`` note saying so. Exit status 0 only if
+nothing failed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from portable_fp8.conformance.cli import summary_table
     from portable_fp8.conformance.report_html import write_html
     from portable_fp8.conformance.report_json import write_json
+    from portable_fp8.conformance.report_md import render_markdown
     from portable_fp8.conformance.runner import run_suite
 
     command = "PYTHONPATH=tests python -m _gaudi_standin.run_conformance " + " ".join(
@@ -57,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     stem = args.out / f"{args.generation}-{args.profile}"
     write_json(report, stem.with_suffix(".json"))
     write_html(report, stem.with_suffix(".html"))
+    banner = f"> **{NOTE}**\n\n"
+    stem.with_suffix(".md").write_text(banner + render_markdown(report))
     record = json.loads(stem.with_suffix(".json").read_text())
     record["standin"] = NOTE
     stem.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    print(f"{NAME}: wrote {stem}.json and {stem}.html")
+    print(f"{NAME}: wrote {stem}.json, .html and .md")
     return 0 if report.ok else 1
 
 
