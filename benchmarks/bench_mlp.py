@@ -36,6 +36,16 @@ _OURS = {
     "ours-blockwise": lambda: fp8nn.Blockwise(),
 }
 _TORCHAO = {"torchao-tensorwise": "tensorwise", "torchao-rowwise": "rowwise"}
+#: Most important first, so a time limit cuts the least important.
+_ORDER = (
+    "bf16",
+    "torchao-tensorwise",
+    "ours-tensorwise",
+    "torchao-rowwise",
+    "ours-rowwise",
+    "ours-blockwise",
+    "ours-delayed",
+)
 
 
 def _mlp(d: int, h: int, device: str) -> nn.Module:
@@ -83,8 +93,45 @@ def _time(fn, warmup: int, iters: int, device: str) -> list[float]:
     return times
 
 
+def _backend_facts(name: str | None, device: str) -> str:
+    try:
+        backend = fp8.select_backend(name, device)
+        return f"{backend.name}: {backend.describe()}"
+    except Exception as exc:
+        return f"unavailable: {exc}"
+
+
 def _device_name(device: str) -> str:
     return torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
+
+
+def _write_table(rows, args, argv, device) -> str:
+    bf16_ms = next((r[1] for r in rows if r[0] == "bf16" and r[1]), None)
+    lines = [
+        f"MLP {args.dim} -> {args.hidden} -> {args.dim}, {args.tokens} tokens, bf16, "
+        "forward + backward, torch.compile (default mode), median of "
+        f"{args.iters} CUDA-event timings after {args.warmup} warm-up steps.",
+        "",
+        f"Device: {_device_name(device)}; torch {torch.__version__}; "
+        f"portable-fp8 {fp8.__version__}; Python {platform.python_version()}.",
+        f"Command: `python {' '.join([sys.argv[0], *(argv or sys.argv[1:])])}`",
+        "",
+        f"Our backend: `{_backend_facts(args.backend, device)}`",
+        "",
+        "| variant | ms | TFLOP/s | speed-up vs bf16 | rel. error of y vs bf16 | notes |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, ms, tf, err, note in rows:
+        if ms is None:
+            lines.append(f"| {name} | - | - | - | - | {note} |")
+            continue
+        speed = f"{bf16_ms / ms:.2f}x" if bf16_ms else "-"
+        lines.append(f"| {name} | {ms:.2f} | {tf:.0f} | {speed} | {err:.1e} | {note} |")
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--backend", default=None, help="our backend (default: the registry's)")
-    p.add_argument("--variants", default="bf16," + ",".join([*_TORCHAO, *_OURS]))
+    p.add_argument("--variants", default=",".join(_ORDER))
     p.add_argument("--out", default=None, help="Markdown file for the results table")
     p.add_argument("--device", default="cuda", help="cpu only for smoke tests of the script")
     args = p.parse_args(argv)
@@ -128,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # report, keep going with the other variants
             rows.append((name, None, None, None, f"failed: {type(exc).__name__}: {exc}"[:200]))
             print(f"{name}: FAILED {exc}", flush=True)
+            _write_table(rows, args, argv, device)
             continue
         ms = statistics.median(times)
         rows.append((name, ms, flops / ms / 1e9, err, note))
@@ -135,31 +183,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{flops / ms / 1e9:.0f} TFLOP/s, rel err {err:.2e}, "
               f"setup+compile {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
         del model, compiled
-        torch.cuda.empty_cache()
-    bf16_ms = next((r[1] for r in rows if r[0] == "bf16" and r[1]), None)
-    lines = [
-        f"MLP {args.dim} -> {args.hidden} -> {args.dim}, {args.tokens} tokens, bf16, "
-        "forward + backward, torch.compile (default mode), median of "
-        f"{args.iters} CUDA-event timings after {args.warmup} warm-up steps.",
-        "",
-        f"Device: {_device_name(device)}; torch {torch.__version__}; "
-        f"portable-fp8 {fp8.__version__}; Python {platform.python_version()}.",
-        f"Command: `python {' '.join([sys.argv[0], *(argv or sys.argv[1:])])}`",
-        "",
-        "| variant | ms | TFLOP/s | speed-up vs bf16 | rel. error of y vs bf16 | notes |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for name, ms, tf, err, note in rows:
-        if ms is None:
-            lines.append(f"| {name} | - | - | - | - | {note} |")
-            continue
-        speed = f"{bf16_ms / ms:.2f}x" if bf16_ms else "-"
-        lines.append(f"| {name} | {ms:.2f} | {tf:.0f} | {speed} | {err:.1e} | {note} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        _write_table(rows, args, argv, device)  # after each variant: a timeout keeps the rest
+    print(_write_table(rows, args, argv, device))
     return 0
 
 

@@ -220,7 +220,8 @@ def train(
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             evals.append((step + 1, evaluate()))
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1:5d} loss {losses[-1]:.4f}", flush=True)
+            rate = (time.perf_counter() - start) / (step + 1) * 1e3
+            print(f"step {step + 1:5d} loss {losses[-1]:.4f} ({rate:.1f} ms/step)", flush=True)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -253,18 +254,30 @@ def plot(results: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax, rel) = plt.subplots(
+        2, 1, figsize=(8, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    curves = {}
     for name, run in results["runs"].items():
         k = max(1, len(run["losses"]) // 50)
-        (line,) = ax.plot(_smooth(run["losses"], k), label=f"{name} (train, mean of {k})")
+        curves[name] = _smooth(run["losses"], k)
+        (line,) = ax.plot(curves[name], label=f"{name} (train, mean of {k})")
         steps, values = zip(*run["evals"], strict=True)
         ax.plot(steps, values, "o--", color=line.get_color(), label=f"{name} (eval)")
-    ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/byte)")
     ax.set_title(title)
     ax.set_ylim(top=min(3.5, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)
     ax.legend()
+    names = list(curves)
+    if len(names) == 2:
+        a, b = curves[names[0]], curves[names[1]]
+        rel.plot([100 * (y / x - 1) for x, y in zip(a, b, strict=False)], color="k")
+        rel.axhline(0, color="grey", lw=0.5)
+        rel.set_ylabel(f"{names[1]} vs\n{names[0]} (%)", fontsize=8)
+        rel.set_ylim(-3, 3)
+        rel.grid(alpha=0.3)
+    rel.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -304,23 +317,29 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     common = dict(device=args.device, dtype=args.dtype, compile=args.compile,
                   log_every=args.log_every)  # fmt: skip
-    runs = {}
-    print(f"== {args.dtype} baseline", flush=True)
-    runs[args.dtype] = train(cfg, **common)
+    runs: dict[str, dict] = {}
     label = f"fp8 {args.recipe} ({args.backend or 'auto'})"
-    print(f"== {label}", flush=True)
-    runs[label] = train(cfg, fp8_recipe=_RECIPES[args.recipe](), backend=args.backend, **common)
-    base, ours = runs[args.dtype]["eval"], runs[label]["eval"]
     results = {
         "command": "python "
         + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "config": dataclasses.asdict(cfg),
         "versions": _versions(),
+        "backend": fp8.select_backend(args.backend, args.device).describe(),
         "runs": runs,
-        "final_eval": {args.dtype: base, label: ours, "relative_difference": ours / base - 1},
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+
+    def save() -> None:  # after each run, so a time limit keeps what finished
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(results, f, indent=1)
+
+    print(f"== {args.dtype} baseline", flush=True)
+    runs[args.dtype] = train(cfg, **common)
+    save()
+    print(f"== {label}", flush=True)
+    runs[label] = train(cfg, fp8_recipe=_RECIPES[args.recipe](), backend=args.backend, **common)
+    base, ours = runs[args.dtype]["eval"], runs[label]["eval"]
+    results["final_eval"] = {args.dtype: base, label: ours, "relative_difference": ours / base - 1}
+    save()
     print(json.dumps(results["final_eval"]), flush=True)
     try:
         plot(
