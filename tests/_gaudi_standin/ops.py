@@ -31,7 +31,7 @@ from portable_fp8.emulator.cast import (
 )
 from portable_fp8.formats import E4M3_GAUDI2, E4M3FN, E5M2, Format
 
-__all__ = ["STATE", "SCHEMAS", "set_generation", "register", "calls"]
+__all__ = ["STATE", "SCHEMAS", "set_generation", "register", "calls", "clear_log"]
 
 #: Generation and call log of the stand-in (the log lets tests check what the adapter passed).
 STATE: dict = {"generation": os.environ.get("GAUDI_STANDIN_GENERATION", "gaudi2"), "log": []}
@@ -104,19 +104,7 @@ def _scale(scale, like: torch.Tensor, shape) -> torch.Tensor | None:
 def _cast_to_fp8_v2(
     input, scale=None, stochastic_rounding=False, is_amax=False, dtype=None, scale_shape=None
 ):
-    STATE["log"].append(
-        (
-            "cast_to_fp8_v2",
-            {
-                "input": input,
-                "scale": scale,
-                "stochastic_rounding": stochastic_rounding,
-                "is_amax": is_amax,
-                "dtype": dtype,
-                "scale_shape": scale_shape,
-            },
-        )
-    )
+    STATE["log"].append(("cast_to_fp8_v2", dict(locals())))  # arguments as passed
     dtype = torch.float8_e4m3fn if dtype is None else dtype  # [UNVERIFIED] default dtype
     fmt = _format(dtype)
     if input.dtype == dtype:  # an FP8 tensor of the target dtype passes through
@@ -135,12 +123,7 @@ def _cast_to_fp8_v2(
 
 
 def _cast_from_fp8(input, scale, out_dtype, scale_shape=None):
-    STATE["log"].append(
-        (
-            "cast_from_fp8",
-            {"input": input, "scale": scale, "out_dtype": out_dtype, "scale_shape": scale_shape},
-        )
-    )
+    STATE["log"].append(("cast_from_fp8", dict(locals())))  # arguments as passed
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise RuntimeError("CastFromFp8 output dtype must be equal to float or bfloat16")
     values = codes_to_float(codes_of(input), _format(input.dtype))
@@ -168,24 +151,7 @@ def _fp8_gemm_v2(
     accumulate=False,
     B_scale_shape=None,
 ):
-    STATE["log"].append(
-        (
-            "fp8_gemm_v2",
-            {
-                "A": A,
-                "trans_A": trans_A,
-                "B": B,
-                "trans_B": trans_B,
-                "D": D,
-                "out_dtype": out_dtype,
-                "A_scale_inv": A_scale_inv,
-                "B_scale_inv": B_scale_inv,
-                "bias": bias,
-                "accumulate": accumulate,
-                "B_scale_shape": B_scale_shape,
-            },
-        )
-    )
+    STATE["log"].append(("fp8_gemm_v2", dict(locals())))  # arguments as passed
     if out_dtype not in (torch.float32, torch.bfloat16):  # the bridge wrapper's check
         raise RuntimeError(f"fp8_gemm_v2: out_dtype {out_dtype} not supported")
     # Products and their float64 sums are exact for E4M3 (see emulator/gemm.py); the
