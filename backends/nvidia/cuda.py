@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from portable_fp8.backend import Backend
 from portable_fp8.emulator.gemm import HOPPER_FAST_ACCUMULATOR
-from portable_fp8.granularity import GRANULARITIES
 from portable_fp8.hookspecs import hookimpl
 from portable_fp8.tensor import Fp8Tensor
 
@@ -34,9 +33,6 @@ from ._casts import scale_inv_of
 __all__ = ["CudaBackend", "portable_fp8_backends"]
 
 _TENSORWISE, _ROWWISE, _BLOCKWISE = 0, 1, 2
-_MODES_BY_GRANULARITY = {
-    (GRANULARITIES[ga], GRANULARITIES[gb]): mode for (ga, gb), mode in GEMM_MODES.items()
-}
 
 
 def _pad_to(t: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
@@ -91,9 +87,7 @@ class CudaBackend(NvidiaBackend):
         bias: torch.Tensor | None,
         c: torch.Tensor | None,
     ) -> torch.Tensor:
-        mode = _MODES_BY_GRANULARITY.get((a.granularity, b.granularity))
-        if mode is None:  # an equal-named granularity built elsewhere
-            mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]
+        mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]  # str keys hash fast
         sa, sb = scale_inv_of(a), scale_inv_of(b)
         direct = bias is None and c is None
         if mode == _BLOCKWISE:
