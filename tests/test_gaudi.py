@@ -27,6 +27,14 @@ pytestmark = pytest.mark.skipif(
     standin.real_bridge_present(), reason="a real habana_frameworks is installed"
 )
 
+
+@pytest.fixture(autouse=True)
+def _standin_off_afterwards():
+    """Later tests must not find the fake habana_frameworks on sys.path."""
+    yield
+    standin.uninstall()
+
+
 GENERATIONS = ("gaudi2", "gaudi3")
 E4M3 = {"gaudi2": "e4m3_gaudi2", "gaudi3": "e4m3fn"}
 

@@ -17,6 +17,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def _standin_off_afterwards():
+    """Later tests must not find the fake habana_frameworks on sys.path."""
+    yield
+    standin.uninstall()
+
+
 @pytest.mark.parametrize("generation", ["gaudi2", "gaudi3"])
 def test_quick_profile_passes_over_the_standin(generation):
     backend = standin.standin_backend(generation)

@@ -20,7 +20,15 @@ from pathlib import Path
 
 from . import ops
 
-__all__ = ["SITE", "NAME", "install", "real_bridge_present", "standin_backend", "register_backend"]
+__all__ = [
+    "SITE",
+    "NAME",
+    "install",
+    "uninstall",
+    "real_bridge_present",
+    "standin_backend",
+    "register_backend",
+]
 
 #: Directory holding the fake ``habana_frameworks`` package.
 SITE = Path(__file__).resolve().parent / "site"
@@ -45,6 +53,17 @@ def install(generation: str = "gaudi2") -> None:
     if str(SITE) not in sys.path:
         sys.path.insert(0, str(SITE))
     importlib.import_module("habana_frameworks.torch.core")
+
+
+def uninstall() -> None:
+    """Take the fake bridge off ``sys.path`` and out of ``sys.modules`` (so a later
+    ``GaudiBackend()`` sees no ``habana_frameworks`` again). The ops stay registered."""
+    while str(SITE) in sys.path:
+        sys.path.remove(str(SITE))
+    for key in [k for k in sys.modules if k.split(".")[0] == "habana_frameworks"]:
+        origin = getattr(sys.modules[key], "__file__", None)
+        if origin is not None and Path(origin).resolve().is_relative_to(SITE):
+            del sys.modules[key]
 
 
 def standin_backend(generation: str = "gaudi2", **kwargs):
