@@ -185,6 +185,11 @@ def _narrow_sum(a: torch.Tensor, b: torch.Tensor, model: AccumulatorModel) -> to
     return acc
 
 
+def _gamma(n: int, u: float) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)`` (infinite once ``n u >= 1``)."""
+    return math.inf if n * u >= 1 else n * u / (1 - n * u)
+
+
 def gemm_error_bound(
     abs_products: torch.Tensor,
     k: int,
@@ -208,10 +213,20 @@ def gemm_error_bound(
     magnitudes of bias and C_in). The result is then rounded to ``out_dtype``: at most
     ``u_out |C|`` (twice, for bf16/fp16 reached via fp32), plus half the smallest subnormal
     of ``out_dtype`` for results in its subnormal range.
+
+    With promotion (``accumulator.promote_every = B``), each block of at most ``B`` products
+    is summed in the narrow accumulator (error at most ``gamma_B(u)`` times its magnitudes)
+    and the ``ceil(K / B)`` block sums are added in fp32 together with the few roundings
+    above, so the factor is ``gamma_B(u) + gamma_{ceil(K/B)+4}(2**-24) (1 + gamma_B(u))``:
+    finite for any K, where ``gamma_{K+4}(u)`` is infinite once ``K u >= 1``.
     """
     u = accumulator.unit_roundoff if accumulator is not None else 2.0**-24
-    n = k + 4
-    gamma = math.inf if n * u >= 1 else n * u / (1 - n * u)
+    block = accumulator.promote_every if accumulator is not None else None
+    if block and block < k:
+        inner = _gamma(block, u)
+        gamma = inner + _gamma(-(-k // block) + 4, 2.0**-24) * (1 + inner)
+    else:
+        gamma = _gamma(k + 4, u)
     total_abs = abs_products if addends is None else abs_products + addends
     u_out = unit_roundoff(out_dtype)
     roundings = 1 if out_dtype == torch.float32 else 2
