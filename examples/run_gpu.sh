@@ -16,7 +16,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -c "import torchao; print('torchao', torchao.__version__)" || echo "torchao: not importable"
 portable-fp8 backends 2>&1 | grep -E "^[a-z]"
 python3 -m pytest -q -p no:cacheprovider tests/test_nn.py -k cuda 2>&1 | tail -3
-timeout "${BENCH_S:-200}" python3 benchmarks/bench_mlp.py --backend cuda \
+timeout "${BENCH_S:-160}" python3 benchmarks/bench_mlp.py --backend cuda \
   --out "$OUT/mlp_h100.md" 2>&1 | tee "$OUT/bench.log" | grep -v Warning
-timeout "${TRAIN_S:-230}" python3 examples/train_charlm.py --preset gpu --device cuda --dtype bf16 \
+timeout "${TRAIN_S:-200}" python3 examples/train_charlm.py --preset gpu --device cuda --dtype bf16 \
   --backend cuda --out "$OUT/train" --log-every 250 2>&1 | tee "$OUT/train.log"
