@@ -425,6 +425,21 @@ def test_delayed_state_dict_moves_between_backends(src, dst):
     torch.testing.assert_close(loss_a, loss_b, rtol=2.0**-3, atol=0)
 
 
+def test_high_precision_checkpoint_loads_into_fp8_model():
+    """A state_dict saved before conversion loads strictly into the converted model; delayed
+    scaling then starts from an empty history."""
+    torch.manual_seed(13)
+    plain = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    state = plain.state_dict()
+    for recipe in (pn.CurrentScaling(), pn.DelayedScaling(history_len=2)):
+        model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+        pn.convert(model, recipe, backend="reference")
+        model.load_state_dict(state)  # strict
+        assert torch.equal(model[0].weight, plain[0].weight)
+        if isinstance(recipe, pn.DelayedScaling):
+            assert not model[0].amax_history.any() and torch.equal(model[0].scale, torch.ones(3))
+
+
 # -- torch.compile ---------------------------------------------------------------------------
 
 

@@ -247,6 +247,15 @@ class Linear(nn.Linear):
         new._init_state(linear.weight.device)
         return new
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint of the high-precision model has no FP8 state: keep the fresh one
+        # (empty history), so converting and then loading such a checkpoint just works.
+        for name in ("amax_history", "scale"):
+            buf = getattr(self, name)
+            if buf is not None and prefix + name not in state_dict:
+                state_dict[prefix + name] = buf.detach().clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
