@@ -3,6 +3,7 @@ state_dict portability between backends, and torch.compile without graph breaks.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 
@@ -17,6 +18,7 @@ from portable_fp8.emulator.gemm import gemm_error_bound
 from portable_fp8.errors import Fp8ValueError
 from portable_fp8.formats import get_format
 from portable_fp8.nn import _custom_ops as cops
+from portable_fp8.nn.convert import unsupported_reason
 from portable_fp8.scaling import round_scale_to_choices
 
 BACKENDS = ["reference", "cpu"]
@@ -359,6 +361,23 @@ def test_convert_swaps_and_skips_with_reasons(monkeypatch):
     with pytest.warns(UserWarning, match="no rowwise scaling"):
         report = pn.convert(nn.Linear(32, 32), pn.CurrentScaling(granularity="rowwise"))
     assert report.converted == [] and "rowwise" in report.skipped[""]
+
+
+def test_convert_hints_at_gaudi2_recipe():
+    class Gaudi2Like(_PickyBackend):
+        name = "gaudi2like"
+
+        def __init__(self):
+            super().__init__()
+            self.capabilities = dataclasses.replace(
+                self.capabilities,
+                cast_formats=frozenset({"e4m3_gaudi2", "e5m2"}),
+                gemm_formats=frozenset({("e4m3_gaudi2", "e4m3_gaudi2"), ("e5m2", "e4m3_gaudi2")}),
+            )
+
+    why = unsupported_reason(Gaudi2Like(), pn.CurrentScaling(), 32, 32)
+    assert "gaudi2(recipe)" in why
+    assert unsupported_reason(Gaudi2Like(), pn.gaudi2(), 32, 32) is None
 
 
 def test_convert_root_linear_and_multihead_attention():

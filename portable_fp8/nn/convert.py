@@ -52,7 +52,10 @@ def unsupported_reason(
     for gemm, spec in recipe.gemms().items():
         for fmt in (spec.a_format, spec.b_format):
             if fmt not in caps.cast_formats:
-                return f"backend {backend.name!r} has no casts to {fmt}"
+                hint = ""
+                if fmt == "e4m3fn" and "e4m3_gaudi2" in caps.cast_formats:
+                    hint = " (a Gaudi2: use portable_fp8.nn.gaudi2(recipe))"
+                return f"backend {backend.name!r} has no casts to {fmt}{hint}"
         if (spec.a_format, spec.b_format) not in caps.gemm_formats:
             return (
                 f"backend {backend.name!r} has no {spec.a_format} x {spec.b_format} GEMM ({gemm})"
