@@ -49,7 +49,7 @@ def _all_16bit(dtype: torch.dtype) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", [f.name for f in element_formats()])
 def test_every_bf16_and_fp16_pattern_bit_exact(backend, fmt, saturate):
     f = FORMATS[fmt]
-    for dtype, scale in ((torch.bfloat16, 1.0), (torch.float16, 3.0)):
+    for dtype, scale in ((torch.bfloat16, 1.0), (torch.bfloat16, 2.0**120), (torch.float16, 3.0)):
         x = _all_16bit(dtype)
         got = fp8.cast_to_fp8(x.cuda(), fmt, scale, saturate=saturate, backend=backend)
         want = round_to_codes(x.float() * scale, f, saturate=saturate)
