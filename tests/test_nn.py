@@ -548,3 +548,51 @@ def test_compile_fullgraph_cuda():
     torch.testing.assert_close(xc.grad, xe.grad, rtol=2.0**-3, atol=1e-6)
     for p, g in zip(model.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=2.0**-3, atol=1e-6)
+
+
+def _triton_interpreted() -> bool:
+    backend = fp8.list_backends().get("triton")
+    return (
+        backend is not None
+        and fp8.registry.unavailable_reason(backend) is None
+        and "cpu" in backend.capabilities.devices
+    )
+
+
+@pytest.mark.skipif(
+    not _triton_interpreted(), reason="needs the triton backend in Triton's CPU interpreter "
+    "(TRITON_INTERPRET=1 in the environment)",
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "recipe",
+    [pn.CurrentScaling(), pn.CurrentScaling(granularity="rowwise"), pn.Blockwise()],
+    ids=["tensorwise", "rowwise", "blockwise"],
+)
+def test_nvidia_casts_in_interpreter_match_reference(recipe):
+    """The NVIDIA backends' Triton casts under our Linear give the reference's results: the
+    casts are bit-identical, so forward and gradients differ by accumulation only: at most
+    gamma_{K+4} sum|aq||bq| for the declared accumulator (gemm_error_bound), K <= 128 here,
+    plus the fp32 rounding of the bias add."""
+    torch.manual_seed(14)
+    lin = nn.Linear(128, 64)
+    x = torch.randn(2, 16, 128)
+    g = torch.randn(2, 16, 64)
+    results = {}
+    for backend in ("reference", "triton"):
+        lin.weight.grad = None
+        xq = x.clone().requires_grad_()
+        y = pn.Linear.from_linear(lin, recipe, backend=backend)(xq)
+        y.backward(g)
+        results[backend] = (y.detach(), xq.grad, lin.weight.grad.clone())
+    mags = (
+        x.abs() @ lin.weight.detach().abs().t() + lin.bias.detach().abs(),
+        g.abs() @ lin.weight.detach().abs(),
+        g.abs().flatten(0, 1).t() @ x.abs().flatten(0, 1),
+    )
+    u = fp8.get_backend("triton").capabilities.accumulator.unit_roundoff
+    n = max(x.shape[-1], x.shape[0] * x.shape[1], g.shape[-1]) + 4
+    gamma = n * u / (1 - n * u)
+    for want, got, mag in zip(results["reference"], results["triton"], mags, strict=True):
+        # (1 + 2**-3)**2 < 1.27 covers the FP8 operands' magnitudes vs the unquantised ones.
+        bound = gamma * 1.27 * mag + 2.0**-24 * want.abs() + 1e-30
+        assert torch.all((got - want).abs() <= bound)
