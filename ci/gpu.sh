@@ -3,7 +3,7 @@
 #
 # Usage: ci/gpu.sh [tests] [conformance-quick|conformance-full] [bench|bench-quick]
 #   (default: tests conformance-full bench). Outputs go to $OUT (default: ci-out/).
-#   Env: PYTEST_ARGS (e.g. '-k gemm'), CONF_TIMEOUT (s per backend, default 540),
+#   Env: PYTEST_ARGS (one word, e.g. '-kgemm'), CONF_TIMEOUT (s per backend, default 540),
 #   BENCH_ARGS (e.g. '--skip sweep,probe').
 # Needs: a CUDA GPU of compute capability >= 8.9, torch with CUDA, triton; installs this
 # project without dependencies (the GPU machine may have no network).
