@@ -33,7 +33,7 @@ from portable_fp8.backend import Backend, Capabilities
 from portable_fp8.emulator.cast import as_fp8_tensor, codes_of, round_to_codes
 from portable_fp8.emulator.gemm import FP32_ACCUMULATOR
 from portable_fp8.formats import FORMATS, Format, element_formats
-from portable_fp8.granularity import GRANULARITIES, Granularity, as_2d_shape
+from portable_fp8.granularity import GRANULARITIES, Granularity
 from portable_fp8.hookspecs import hookimpl
 from portable_fp8.tensor import Fp8Tensor
 
@@ -123,12 +123,6 @@ class _Ipex:
         return out
 
 
-def _per_element(scale: torch.Tensor, granularity: Granularity, shape) -> torch.Tensor:
-    if granularity.is_tensorwise:
-        return scale.reshape(())
-    return granularity.expand(scale, as_2d_shape(shape)).reshape(shape)
-
-
 class CpuBackend(Backend):
     """PyTorch's CPU kernels, with contract corrections where torch's cast differs."""
 
@@ -199,7 +193,7 @@ class CpuBackend(Backend):
     def cast_to_fp8(self, x, fmt: Format, scale, granularity, *, saturate, rand_bits):
         if saturate and rand_bits is None and self._ipex_cast(x, fmt, granularity):
             return self._ipex.cast_to(x, fmt, scale)
-        y = x.to(torch.float32) * _per_element(scale, granularity, x.shape)
+        y = x.to(torch.float32) * granularity.per_element(scale, x.shape)
         dtype = fmt.torch_dtype
         if rand_bits is not None or fmt.is_scale_format or dtype == torch.uint8:
             codes = round_to_codes(y, fmt, saturate=saturate, rand_bits=rand_bits)
@@ -216,7 +210,7 @@ class CpuBackend(Backend):
         if q.dtype == fmt.torch_dtype and self._ipex_cast(q, fmt, granularity):
             return self._ipex.cast_from(q, fmt, scale_inv, out_dtype)
         values = self._decode(q, fmt)
-        return (values * _per_element(scale_inv, granularity, q.shape)).to(out_dtype)
+        return (values * granularity.per_element(scale_inv, q.shape)).to(out_dtype)
 
     @staticmethod
     def _decode(q: torch.Tensor, fmt: Format) -> torch.Tensor:

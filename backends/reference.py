@@ -6,8 +6,6 @@ conformance suite compare against it.
 
 from __future__ import annotations
 
-import torch
-
 from portable_fp8.backend import Backend, Capabilities
 from portable_fp8.emulator.cast import (
     as_fp8_tensor,
@@ -18,18 +16,11 @@ from portable_fp8.emulator.cast import (
 )
 from portable_fp8.emulator.gemm import AccumulatorModel, reference_scaled_mm
 from portable_fp8.formats import FORMATS, Format, element_formats
-from portable_fp8.granularity import GRANULARITIES, Granularity, as_2d_shape
+from portable_fp8.granularity import GRANULARITIES
 from portable_fp8.hookspecs import hookimpl
 from portable_fp8.tensor import Fp8Tensor
 
 __all__ = ["ReferenceBackend", "portable_fp8_backends"]
-
-
-def _elementwise_scale(scale: torch.Tensor, granularity: Granularity, shape) -> torch.Tensor:
-    """Scale broadcast to one value per element of a tensor of ``shape``."""
-    if granularity.is_tensorwise:
-        return scale.reshape(())
-    return granularity.expand(scale, as_2d_shape(shape)).reshape(shape)
 
 
 class ReferenceBackend(Backend):
@@ -51,13 +42,13 @@ class ReferenceBackend(Backend):
         )
 
     def cast_to_fp8(self, x, fmt: Format, scale, granularity, *, saturate, rand_bits):
-        y = scaled_fp32(x, _elementwise_scale(scale, granularity, x.shape))
+        y = scaled_fp32(x, granularity.per_element(scale, x.shape))
         codes = round_to_codes(y, fmt, saturate=saturate, rand_bits=rand_bits)
         return as_fp8_tensor(codes, fmt)
 
     def cast_from_fp8(self, q, fmt: Format, scale_inv, granularity, out_dtype):
         values = codes_to_float(codes_of(q), fmt)
-        return (values * _elementwise_scale(scale_inv, granularity, q.shape)).to(out_dtype)
+        return (values * granularity.per_element(scale_inv, q.shape)).to(out_dtype)
 
     def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c):
         return reference_scaled_mm(

@@ -91,6 +91,12 @@ class Granularity:
         full = scale.repeat_interleave(br, dim=0).repeat_interleave(bc, dim=1)
         return full[: shape2d[0], : shape2d[1]]
 
+    def per_element(self, scale: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        """The scale broadcastable to a tensor of ``shape`` (0-d if tensorwise)."""
+        if self.is_tensorwise:
+            return scale.reshape(())
+        return self.expand(scale, as_2d_shape(shape)).reshape(shape)
+
     def __repr__(self) -> str:
         return f"Granularity({self.name!r})"
 
