@@ -93,6 +93,21 @@ def _time(fn, warmup: int, iters: int, device: str) -> list[float]:
     return times
 
 
+def _profile(step, name: str, rows: int, out_dir: str | None) -> None:
+    """Print (and save) the GPU kernels of two steps, most time first (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
+    print(f"--- {name}: GPU kernels of 2 steps ---\n{table}", flush=True)
+    if out_dir:
+        with open(f"{out_dir}/profile_{name}.txt", "w") as f:
+            f.write(table)
+
+
 def _backend_facts(name: str | None, device: str) -> str:
     try:
         backend = fp8.select_backend(name, device)
@@ -145,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=",".join(_ORDER))
     p.add_argument("--out", default=None, help="Markdown file for the results table")
     p.add_argument("--device", default="cuda", help="cpu only for smoke tests of the script")
+    p.add_argument(
+        "--profile", type=int, default=0, help="after timing, list this many top GPU kernels"
+    )
+    p.add_argument("--profile-dir", default=None, help="folder for the kernel tables")
     args = p.parse_args(argv)
     device = args.device
     base = _mlp(args.dim, args.hidden, device)
@@ -177,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: FAILED {exc}", flush=True)
             _write_table(rows, args, argv, device)
             continue
+        if args.profile and device == "cuda":
+            _profile(step, name, args.profile, args.profile_dir)
         ms = statistics.median(times)
         rows.append((name, ms, flops / ms / 1e9, err, note))
         print(f"{name}: {ms:.3f} ms median ({min(times):.3f} min), "

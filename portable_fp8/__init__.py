@@ -21,7 +21,15 @@ from .errors import (
 from .formats import FORMATS, Format, get_format
 from .granularity import GRANULARITIES, Granularity, get_granularity
 from .nn import convert
-from .ops import cast_from_fp8, cast_to_fp8, compute_amax, dequantize, quantize, scaled_mm
+from .ops import (
+    cast_from_fp8,
+    cast_to_fp8,
+    compute_amax,
+    dequantize,
+    quantize,
+    quantize_transpose,
+    scaled_mm,
+)
 from .registry import ENV_VAR, get_backend, list_backends, select_backend, use_backend
 from .tensor import Fp8Tensor
 
@@ -52,6 +60,7 @@ __all__ = [
     "list_backends",
     "nn",
     "quantize",
+    "quantize_transpose",
     "scaled_mm",
     "select_backend",
     "use_backend",

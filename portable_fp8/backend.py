@@ -9,17 +9,18 @@ Subclasses override the primitives their hardware does well; the defaults compos
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from .emulator.cast import amax as _amax
 from .emulator.gemm import AccumulatorModel
 from .formats import Format
-from .granularity import Granularity, as_2d_shape
+from .granularity import TENSORWISE, Granularity, as_2d_shape
 from .scaling import mx_scale_from_amax, scale_from_amax
 from .tensor import Fp8Tensor
 
-__all__ = ["Capabilities", "Backend", "DEFAULT_GEMM_GRANULARITIES"]
+__all__ = ["Capabilities", "Backend", "CastTranspose", "DEFAULT_GEMM_GRANULARITIES"]
 
 #: The (A, B) granularity pairs of a scaled GEMM, with B as the (K, N) operand.
 DEFAULT_GEMM_GRANULARITIES: frozenset[tuple[str, str]] = frozenset(
@@ -75,6 +76,19 @@ class Capabilities:
             "gemm_dim_multiple": self.gemm_dim_multiple,
             "notes": list(self.notes),
         }
+
+
+class CastTranspose(NamedTuple):
+    """A tensorwise quantisation of a 2-D ``x`` together with that of ``x.T``.
+
+    ``data`` and ``transposed`` share one scale; ``transposed.data`` is contiguous and equals
+    the codes of ``x.T`` bit for bit. ``amax`` is max |x| (fp32, 0-d), the one the scale was
+    computed from, or, for a given scale, measured during the cast (delayed scaling).
+    """
+
+    data: Fp8Tensor
+    transposed: Fp8Tensor
+    amax: torch.Tensor
 
 
 class Backend:
@@ -151,6 +165,28 @@ class Backend:
             scale = scale_from_amax(amax, fmt, margin=margin, power_of_two=power_of_two)
         data = self.cast_to_fp8(x, fmt, scale, granularity, saturate=saturate, rand_bits=rand_bits)
         return Fp8Tensor(data, scale, fmt, granularity)
+
+    def quantize_transpose(
+        self,
+        x: torch.Tensor,
+        fmt: Format,
+        scale: torch.Tensor | None,
+        *,
+        margin: int,
+        power_of_two: bool,
+        saturate: bool,
+    ) -> CastTranspose:
+        """Tensorwise codes of the 2-D ``x`` and of ``x.T`` (contiguous) with one scale.
+
+        ``scale=None``: current scaling from this tensor's amax. Override to fuse the amax,
+        the cast and the transposed store into fewer passes.
+        """
+        amax = self.amax(x, TENSORWISE)
+        if scale is None:
+            scale = scale_from_amax(amax, fmt, margin=margin, power_of_two=power_of_two)
+        data = self.cast_to_fp8(x, fmt, scale, TENSORWISE, saturate=saturate, rand_bits=None)
+        q = Fp8Tensor(data, scale, fmt, TENSORWISE)
+        return CastTranspose(q, Fp8Tensor(data.t().contiguous(), scale, fmt, TENSORWISE), amax)
 
     def scaled_mm(
         self,

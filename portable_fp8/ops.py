@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import Backend
+from .backend import Backend, CastTranspose
 from .emulator.cast import amax as _amax
 from .errors import Fp8TypeError, Fp8ValueError, NotSupportedError
 from .formats import Format, get_format
@@ -29,6 +29,7 @@ __all__ = [
     "cast_from_fp8",
     "compute_amax",
     "quantize",
+    "quantize_transpose",
     "dequantize",
     "scaled_mm",
 ]
@@ -239,6 +240,42 @@ def quantize(
     s = _scale_tensor(scale, x, gran.scale_shape(as_2d_shape(x.shape)), "scale")
     data = chosen.cast_to_fp8(x, fmt, s, gran, saturate=bool(saturate), rand_bits=bits)
     return Fp8Tensor(data, s, fmt, gran)
+
+
+def quantize_transpose(
+    x: torch.Tensor,
+    format: FormatLike = "e4m3fn",
+    *,
+    scale: torch.Tensor | float | None = None,
+    margin: int = 0,
+    power_of_two: bool = False,
+    saturate: bool = True,
+    backend: str | None = None,
+) -> CastTranspose:
+    """Tensorwise-quantise the 2-D ``x`` and, from the same read where the backend fuses it,
+    ``x.T`` (contiguous): what an FP8 GEMM's backward needs of an operand.
+
+    Returns ``(data, transposed, amax)``: ``transposed`` equals
+    ``quantize(x.T.contiguous(), format, scale=data.scale)`` bit for bit, and ``amax`` is
+    ``max |x|`` (with a given ``scale`` -- delayed scaling -- it is measured during the cast,
+    for the amax history). Rounding is to nearest even.
+
+    >>> import torch, portable_fp8 as fp8
+    >>> q, qt, amax = fp8.quantize_transpose(torch.tensor([[1.0, -2.0], [4.0, 0.5]]))
+    >>> qt.data.float() / qt.scale, float(amax)
+    (tensor([[ 1.0000,  4.0000],
+            [-2.0000,  0.5000]]), 4.0)
+    """
+    x = _check_high_precision(x)
+    if x.dim() != 2:
+        raise Fp8ValueError(f"quantize_transpose takes a 2-D tensor, got shape {tuple(x.shape)}")
+    fmt = _element_format(format)
+    chosen = _backend_for(backend, x)
+    _check_cast_support(chosen, fmt, saturate, "nearest")
+    s = None if scale is None else _scale_tensor(scale, x, (), "scale")
+    return chosen.quantize_transpose(
+        x, fmt, s, margin=margin, power_of_two=power_of_two, saturate=bool(saturate)
+    )
 
 
 def dequantize(

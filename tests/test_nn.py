@@ -596,3 +596,27 @@ def test_nvidia_casts_in_interpreter_match_reference(recipe):
         # (1 + 2**-3)**2 < 1.27 covers the FP8 operands' magnitudes vs the unquantised ones.
         bound = gamma * 1.27 * mag + 2.0**-24 * want.abs() + 1e-30
         assert torch.all((got - want).abs() <= bound)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_partial_gradients_match_full(backend):
+    """A frozen weight (dgrad only) or an input without grad (wgrad only) gives the same
+    gradients as computing both: the forward then skips the transposed codes it would save
+    for the gradient nobody wants, and nothing else changes."""
+    torch.manual_seed(21)
+    lin = nn.Linear(32, 48)
+    x = torch.randn(24, 32)
+    g = torch.randn(24, 48)
+    ours = pn.Linear.from_linear(lin, backend=backend)
+    xa = x.clone().requires_grad_()
+    ours(xa).backward(g)
+    full_dx, full_dw = xa.grad.clone(), lin.weight.grad.clone()
+
+    lin.weight.grad = None
+    ours(x).backward(g)  # input without grad: wgrad only
+    assert torch.equal(lin.weight.grad, full_dw)
+
+    lin.weight.requires_grad_(False)
+    xb = x.clone().requires_grad_()
+    ours(xb).backward(g)  # frozen weight: dgrad only
+    assert torch.equal(xb.grad, full_dx)

@@ -78,7 +78,7 @@ def test_seeded_stochastic_rounding_uses_the_stated_words():
     assert words.unique().numel() > x.numel() // 2
 
 
-def test_fused_amax_and_cast_transpose():
+def test_fused_amax_cast():
     backend = list_backends()["triton"]
     x = (torch.randn(33, 70) * 5).to(torch.bfloat16)
     x[3, 4] = -300.0
@@ -86,8 +86,6 @@ def test_fused_amax_and_cast_transpose():
     codes, amax = backend.cast_with_amax(x, E4M3FN, scale)
     assert float(amax) == 300.0
     assert _same_codes(codes, round_to_codes(x.float() * 1.5, E4M3FN), E4M3FN)
-    q, qt = backend.cast_transpose(x, E4M3FN, scale, TENSORWISE)
-    assert torch.equal(codes_of(qt), codes_of(q).t().contiguous())
     x[0, 0] = float("nan")
     assert backend.cast_with_amax(x, E4M3FN, scale)[1].isnan()
 

@@ -1,11 +1,12 @@
 """Cast, amax and quantisation primitives shared by the ``cuda`` and ``triton`` backends.
 
 :class:`TritonCastsMixin` implements :class:`portable_fp8.backend.Backend`'s cast primitives
-with the kernels of :mod:`._triton_kernels` (contract-exact integer rounding), plus three
-extras the op layer does not expose yet: :meth:`~TritonCastsMixin.cast_with_amax` (delayed
-scaling: cast and amax in one pass), :meth:`~TritonCastsMixin.cast_transpose` (codes and their
-transpose from one read) and seeded stochastic rounding (:meth:`~TritonCastsMixin.philox_words`
-gives the words it uses, so the result can be checked bit for bit).
+with the kernels of :mod:`._triton_kernels` (contract-exact integer rounding), including
+:meth:`~TritonCastsMixin.quantize_transpose` (codes and their transpose from one read, with the
+amax fused in when the scale is given), plus two extras the op layer does not expose:
+:meth:`~TritonCastsMixin.cast_with_amax` (delayed scaling of a flat tensor: cast and amax in one
+pass) and seeded stochastic rounding (:meth:`~TritonCastsMixin.philox_words` gives the words it
+uses, so the result can be checked bit for bit).
 
 Scales computed here also record their reciprocal (:func:`remember_scale_inv`), so that the
 GEMM does not launch a ``torch.reciprocal`` per operand per call.
@@ -22,8 +23,9 @@ from functools import lru_cache
 
 import torch
 
+from portable_fp8.backend import CastTranspose
 from portable_fp8.formats import Format, NanEncoding
-from portable_fp8.granularity import Granularity, as_2d_shape
+from portable_fp8.granularity import TENSORWISE, Granularity, as_2d_shape
 from portable_fp8.scaling import reciprocal
 from portable_fp8.tensor import Fp8Tensor
 
@@ -43,6 +45,8 @@ _FLAT_WARPS = 8
 #: Margins up to this keep every scale_from_amax result a normal fp32 number (max >= 240 and
 #: amax <= 2**128 give scales >= 2**-120), which the in-kernel power-of-two rounding needs.
 _MAX_FUSED_MARGIN = 6
+#: (BLOCK_R, BLOCK_C, num_warps) of the cast + transpose kernel.
+_TRANSPOSE_TILE = (64, 64, 4)
 
 # -- reciprocal cache ---------------------------------------------------------------------------
 
@@ -156,7 +160,7 @@ class TritonCastsMixin:
         if granularity.is_tensorwise and x.is_contiguous():
             codes, _ = self._cast_flat(x, fmt, scale, saturate, rand_bits, seed, fused_amax=False)
             return _view_fmt(codes, fmt)
-        codes, _ = self._cast_2d(x, fmt, scale, granularity, saturate, rand_bits, seed, False)
+        codes = self._cast_2d(x, fmt, scale, granularity, saturate, rand_bits, seed)
         return _view_fmt(codes, fmt)
 
     def cast_with_amax(
@@ -167,20 +171,60 @@ class TritonCastsMixin:
         codes, amax = self._cast_flat(x, fmt, scale, saturate, None, None, fused_amax=True)
         return _view_fmt(codes, fmt), amax
 
-    def cast_transpose(
+    def quantize_transpose(
         self,
         x: torch.Tensor,
         fmt: Format,
-        scale: torch.Tensor,
-        granularity: Granularity,
+        scale: torch.Tensor | None,
         *,
-        saturate: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes of the 2-D ``x * scale`` and, from the same read, their transpose (contiguous)."""
-        if x.dim() != 2:
-            raise ValueError("cast_transpose takes a 2-D tensor")
-        codes, codes_t = self._cast_2d(x, fmt, scale, granularity, saturate, None, None, True)
-        return _view_fmt(codes, fmt), _view_fmt(codes_t, fmt)
+        margin: int,
+        power_of_two: bool,
+        saturate: bool,
+    ) -> CastTranspose:
+        """Current scaling in two passes (amax; cast + transposed store), or, with a given
+        scale, one pass that also measures the amax (delayed scaling)."""
+        if x.numel() == 0 or not 0 <= margin <= _MAX_FUSED_MARGIN:
+            return super().quantize_transpose(
+                x, fmt, scale, margin=margin, power_of_two=power_of_two, saturate=saturate
+            )
+        r, c = x.shape
+        dev = x.device
+        out = torch.empty((r, c), dtype=torch.uint8, device=dev)
+        out_t = torch.empty((c, r), dtype=torch.uint8, device=dev)
+        scale_inv = torch.empty((), dtype=torch.float32, device=dev)
+        from_amax = scale is None
+        if from_amax:
+            amax_bits = self._amax_bits(x.contiguous())
+            scale = torch.empty((), dtype=torch.float32, device=dev)
+        else:
+            amax_bits = torch.zeros(1, dtype=torch.int32, device=dev)
+            scale = scale.to(torch.float32).reshape(())
+        br, bc, warps = _TRANSPOSE_TILE
+        K.cast_transpose_kernel[(triton_cdiv(r, br), triton_cdiv(c, bc))](
+            x,
+            scale,
+            out,
+            out_t,
+            amax_bits,
+            amax_bits,
+            scale,
+            scale_inv,
+            r,
+            c,
+            x.stride(0),
+            x.stride(1),
+            SCALE_FROM_AMAX=from_amax,
+            FUSED_AMAX=not from_amax,
+            BLOCK_R=br,
+            BLOCK_C=bc,
+            num_warps=warps,
+            **fmt_constants(fmt, saturate),
+            **_scale_constants(fmt, margin, power_of_two),
+        )
+        remember_scale_inv(scale, scale_inv)
+        amax = amax_bits.view(torch.float32).reshape(())
+        q = Fp8Tensor(_view_fmt(out, fmt), scale, fmt, TENSORWISE)
+        return CastTranspose(q, Fp8Tensor(_view_fmt(out_t, fmt), scale, fmt, TENSORWISE), amax)
 
     def philox_words(self, shape: tuple[int, ...], seed: int, device) -> torch.Tensor:
         """The int32 words seeded stochastic rounding draws for a tensor of ``shape``."""
@@ -318,19 +362,17 @@ class TritonCastsMixin:
         amax = amax_out.view(torch.float32).reshape(()) if fused_amax else None
         return out, amax
 
-    def _cast_2d(self, x, fmt, scale, granularity, saturate, rand_bits, seed, write_t):
+    def _cast_2d(self, x, fmt, scale, granularity, saturate, rand_bits, seed):
         r, c = as_2d_shape(x.shape)
         x2 = x.reshape(r, c)
         out = torch.empty((r, c), dtype=torch.uint8, device=x.device)
-        out_t = torch.empty((c, r), dtype=torch.uint8, device=x.device) if write_t else out
         s2, gr, gc = _scale_2d(scale.to(torch.float32), granularity, (r, c))
         words = _rand_words(rand_bits)
-        br, bc = (32, 32) if write_t else (16, 256)
+        br, bc = 16, 256
         K.cast_2d_kernel[(triton_cdiv(r, br), triton_cdiv(c, bc))](
             x2,
             s2,
             out,
-            out_t,
             words if words is not None else out,
             r,
             c,
@@ -342,12 +384,11 @@ class TritonCastsMixin:
             RAND=_rand_mode(words, seed),
             GR=gr,
             GC=gc,
-            WRITE_T=write_t,
             BLOCK_R=br,
             BLOCK_C=bc,
             **fmt_constants(fmt, saturate),
         )
-        return out.reshape(x.shape), (out_t if write_t else None)
+        return out.reshape(x.shape)
 
     def _quantize_tensorwise(self, x, fmt, margin, power_of_two, saturate) -> Fp8Tensor:
         bits = self._amax_bits(x)
@@ -368,7 +409,7 @@ class TritonCastsMixin:
             power_of_two=power_of_two,
         )
         remember_scale_inv(scale, scale_inv)
-        return Fp8Tensor(_view_fmt(codes, fmt), scale, fmt, _tensorwise_of(x))
+        return Fp8Tensor(_view_fmt(codes, fmt), scale, fmt, TENSORWISE)
 
     def _quantize_blocks(self, x, fmt, granularity, block, margin, power_of_two, saturate):
         transpose, row_blocks, cols_per_program, block_r, block_c = block
@@ -406,12 +447,6 @@ class TritonCastsMixin:
         )
         remember_scale_inv(scale, scale_inv)
         return Fp8Tensor(_view_fmt(out.reshape(x.shape), fmt), scale, fmt, granularity)
-
-
-def _tensorwise_of(x: torch.Tensor) -> Granularity:
-    from portable_fp8.granularity import TENSORWISE
-
-    return TENSORWISE
 
 
 def _fused_block_layout(granularity: Granularity, x: torch.Tensor):

@@ -312,7 +312,6 @@ def cast_2d_kernel(
     x_ptr,
     scale_ptr,
     out_ptr,
-    out_t_ptr,
     rand_ptr,
     R,
     C,
@@ -334,14 +333,12 @@ def cast_2d_kernel(
     RAND: tl.constexpr,
     GR: tl.constexpr,
     GC: tl.constexpr,
-    WRITE_T: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """Cast of a strided 2-D view with one scale per ``GR x GC`` block (0 or less: whole dim).
 
-    ``out`` is row-major (R, C); with ``WRITE_T`` the codes are also stored transposed into
-    the row-major (C, R) ``out_t`` (the fused cast + transpose of the backward pass). Random
+    ``out`` is row-major (R, C). Random
     words (``RAND`` == 1) are row-major (R, C); Philox words (``RAND`` == 2) are indexed by
     ``row * C + col``.
     """
@@ -379,8 +376,83 @@ def cast_2d_kernel(
     )
     code = code.to(tl.uint8)
     tl.store(out_ptr + flat, code, mask=mask)
-    if WRITE_T:
-        tl.store(out_t_ptr + cols[None, :] * R + rows[:, None], code, mask=mask)
+
+
+@triton.jit
+def cast_transpose_kernel(
+    x_ptr,
+    scale_ptr,
+    out_ptr,
+    out_t_ptr,
+    amax_in_ptr,
+    amax_out_ptr,
+    scale_out_ptr,
+    scale_inv_out_ptr,
+    R,
+    C,
+    sxr,
+    sxc,
+    M: tl.constexpr,
+    EMIN: tl.constexpr,
+    MAX_CODE: tl.constexpr,
+    NAN_CODE: tl.constexpr,
+    OVF_CODE: tl.constexpr,
+    INF_CODE: tl.constexpr,
+    NEG_ZERO: tl.constexpr,
+    HW: tl.constexpr,
+    OVF_BITS: tl.constexpr,
+    OVF_AT_TIE: tl.constexpr,
+    SCALE_FROM_AMAX: tl.constexpr,
+    FMT_MAX: tl.constexpr,
+    MARGIN_MUL: tl.constexpr,
+    POW2: tl.constexpr,
+    FUSED_AMAX: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Tensorwise cast of a strided (R, C) view into row-major ``out`` (R, C) and ``out_t``
+    (C, R), from one read: the operands an FP8 GEMM's backward pass needs.
+
+    The scale is read from ``scale_ptr`` or, with ``SCALE_FROM_AMAX``, computed from the amax
+    bits at ``amax_in_ptr`` (current scaling, second pass), then stored by program (0, 0) at
+    ``scale_out_ptr``; that program always stores its reciprocal at ``scale_inv_out_ptr``.
+    ``FUSED_AMAX``: also reduce ``|x|`` into the amax bits at ``amax_out_ptr`` (delayed scaling).
+    """
+    pid_r = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    rows = (pid_r * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    cols = (pid_c * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    mask = (rows[:, None] < R) & (cols[None, :] < C)
+    x = tl.load(x_ptr + rows[:, None] * sxr + cols[None, :] * sxc, mask=mask, other=0.0)
+    if SCALE_FROM_AMAX:
+        s = _scale_from_amax_bits(tl.load(amax_in_ptr), FMT_MAX, MARGIN_MUL, POW2)
+    else:
+        s = tl.load(scale_ptr)
+    if (pid_r == 0) & (pid_c == 0):
+        if SCALE_FROM_AMAX:
+            tl.store(scale_out_ptr, s)
+        tl.store(scale_inv_out_ptr, _reciprocal(s))
+    y = _to_f32(x) * s
+    code = _encode_any(
+        y,
+        0,
+        M,
+        EMIN,
+        MAX_CODE,
+        NAN_CODE,
+        OVF_CODE,
+        INF_CODE,
+        NEG_ZERO,
+        False,
+        HW,
+        OVF_BITS,
+        OVF_AT_TIE,
+    )
+    code = code.to(tl.uint8)
+    tl.store(out_ptr + rows[:, None] * C + cols[None, :], code, mask=mask)
+    tl.store(out_t_ptr + cols[:, None] * R + rows[None, :], tl.trans(code), mask=tl.trans(mask))
+    if FUSED_AMAX:
+        tl.atomic_max(amax_out_ptr, tl.max(tl.max(tl.where(mask, _abs_bits(x), 0), axis=1), axis=0))
 
 
 @triton.jit

@@ -10,6 +10,9 @@ Ops (namespace ``portable_fp8_nn``):
 * ``quantize(x, format, granularity, scale, margin, power_of_two, backend) -> (data, scale)``
   -- :func:`portable_fp8.ops.quantize`; ``data`` is contiguous, ``scale`` fp32 in the
   granularity's scale layout (a new tensor, even when ``scale`` was given).
+* ``quantize_transpose(x, format, scale, margin, power_of_two, backend) -> (data, data_t,
+  scale, amax)`` -- :func:`portable_fp8.ops.quantize_transpose` (tensorwise, 2-D ``x``);
+  ``data_t`` holds the codes of ``x.T``, contiguous.
 * ``scaled_mm(a_data, a_scale, a_format, a_granularity, b_data, b_scale, b_format,
   b_granularity, out_dtype, backend) -> out`` -- :func:`portable_fp8.ops.scaled_mm`.
 * ``amax(x, backend) -> amax`` -- :func:`portable_fp8.ops.compute_amax` (0-d fp32).
@@ -28,7 +31,7 @@ from ..granularity import as_2d_shape, get_granularity
 from ..registry import select_backend
 from ..tensor import Fp8Tensor
 
-__all__ = ["quantize", "scaled_mm", "amax", "gemm_dim_multiple"]
+__all__ = ["quantize", "quantize_transpose", "scaled_mm", "amax", "gemm_dim_multiple"]
 
 _NS = "portable_fp8_nn"
 
@@ -62,6 +65,30 @@ def _quantize_fake(x, format, granularity, scale, margin, power_of_two, backend)
     fmt = get_format(format)
     shape = get_granularity(granularity).scale_shape(as_2d_shape(x.shape))
     return x.new_empty(x.shape, dtype=fmt.torch_dtype), x.new_empty(shape, dtype=torch.float32)
+
+
+@torch.library.custom_op(f"{_NS}::quantize_transpose", mutates_args=())
+def quantize_transpose(
+    x: torch.Tensor,
+    format: str,
+    scale: torch.Tensor | None,
+    margin: int,
+    power_of_two: bool,
+    backend: str | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, qt, amax = ops.quantize_transpose(
+        x, format, scale=scale, margin=margin, power_of_two=power_of_two, backend=backend
+    )
+    out_scale = q.scale.clone() if scale is not None else q.scale  # no aliasing of inputs
+    return q.data, qt.data, out_scale, amax
+
+
+@quantize_transpose.register_fake
+def _quantize_transpose_fake(x, format, scale, margin, power_of_two, backend):
+    dtype = get_format(format).torch_dtype
+    rows, cols = x.shape
+    data, data_t = x.new_empty((rows, cols), dtype=dtype), x.new_empty((cols, rows), dtype=dtype)
+    return data, data_t, x.new_empty((), dtype=torch.float32), x.new_empty((), dtype=torch.float32)
 
 
 @torch.library.custom_op(f"{_NS}::scaled_mm", mutates_args=())

@@ -7,10 +7,12 @@ Contract (per call, with ``x`` of shape (..., in) flattened to M x K and W of sh
   bias added in that dtype;
 * backward ``dx = dy W`` (dgrad) and ``dW = dy^T x`` (wgrad): dy cast to the recipe's gradient
   format (E5M2 by default), scaled GEMMs to ``dgrad.out_dtype`` (default: x's dtype) and
-  ``wgrad.out_dtype`` (default: float32, then the weight's dtype); ``dbias`` summed in fp32.
+  ``wgrad.out_dtype`` (default: the weight's dtype); ``dbias`` summed in fp32.
 * Weights stay in their own (master) dtype; only the GEMM operands are FP8. Tensorwise recipes
-  cast x, W and dy once each and reuse the casts (transposed) in the second GEMM; other
-  granularities cast each operand along its GEMM's reduction dimension.
+  cast x, W and dy once each with :func:`portable_fp8.quantize_transpose`, which also writes
+  the transposed codes the other GEMM needs (cuBLASLt takes FP8 operands only as row-major A
+  and column-major B); other granularities cast each operand along its GEMM's reduction
+  dimension.
 * Every cast and GEMM goes through :mod:`portable_fp8.ops` (as torch.library custom ops, see
   :mod:`._custom_ops`), so the registry chooses the backend as for any other call; ``backend``
   pins one by name.
@@ -70,6 +72,17 @@ def _quantize(x: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) ->
 def _quantize_b(bt: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> _Q:
     """The B operand (K x N) of granularity ``gran``, cast from its transpose ``bt`` (N x K)."""
     return _quantize(bt, fmt, gran.transposed(), scale, cfg).t()
+
+
+def _quantize_pair(x: torch.Tensor, fmt: str, scale, cfg: _Cfg, transposed: bool):
+    """Tensorwise codes of ``x`` and, if ``transposed``, of ``x.T`` (else None)."""
+    if not transposed:
+        return _quantize(x, fmt, TENSORWISE, scale, cfg), None
+    r = cfg.recipe
+    data, data_t, s, _ = cops.quantize_transpose(
+        x, fmt, scale, r.margin, r.power_of_two, cfg.backend
+    )
+    return _Q(data, s, fmt, TENSORWISE), _Q(data_t, s, fmt, TENSORWISE)
 
 
 def _mm(a: _Q, b: _Q, out_dtype: torch.dtype, cfg: _Cfg) -> torch.Tensor:
@@ -132,9 +145,15 @@ class _Fp8LinearFn(torch.autograd.Function):
         w = weight.detach()
         fx, fw = r.forward.a_format, r.forward.b_format
         if r.tensorwise:
-            qx = _quantize(x2, fx, TENSORWISE, _tensor_scale(0, x2, fx, cfg, history, scales), cfg)
-            qw = _quantize(w, fw, TENSORWISE, _tensor_scale(1, w, fw, cfg, history, scales), cfg)
-            ctx.save_for_backward(qx.data, qx.scale, qw.data, qw.scale)
+            # The backward pass needs x^T (wgrad's B) and W^T (dgrad's B) codes: written now,
+            # from the same read, and only where that gradient is wanted.
+            need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            sx = _tensor_scale(0, x2, fx, cfg, history, scales)
+            qx, qx_t = _quantize_pair(x2, fx, sx, cfg, transposed=need_dw)
+            sw = _tensor_scale(1, w, fw, cfg, history, scales)
+            qw, qw_t = _quantize_pair(w, fw, sw, cfg, transposed=need_dx)
+            saved = [q for q in (qx_t, qw_t) if q is not None]
+            ctx.save_for_backward(*(t for q in saved for t in (q.data, q.scale)))
             qwt = qw.t()
         else:
             qx = _quantize(x2, fx, a_gran, None, cfg)
@@ -160,19 +179,22 @@ class _Fp8LinearFn(torch.autograd.Function):
         mult = cfg.dim_multiple
         dx = dw = None
         if r.tensorwise:
-            xd, xs, wd, ws = ctx.saved_tensors
-            qx = _Q(xd, xs, r.wgrad.b_format, TENSORWISE)
-            qw = _Q(wd, ws, r.dgrad.b_format, TENSORWISE)
+            saved = list(ctx.saved_tensors)  # x^T codes if need_dw, then W^T codes if need_dx
             fg = r.dgrad.a_format
             sg = _tensor_scale(2, dy2, fg, cfg, ctx.history, ctx.scales)
-            qdy = _quantize(dy2, fg, TENSORWISE, sg, cfg)
+            qdy, qdy_t = _quantize_pair(dy2, fg, sg, cfg, transposed=need_dw)
+            if need_dw:
+                xt_data, xt_scale = saved[:2]
+                del saved[:2]
             if need_dx:
+                qw = _Q(saved[0], saved[1], r.dgrad.b_format, TENSORWISE).t()  # N x K, col-major
                 dx = _mm(qdy, qw, r.dgrad.out_dtype or ctx.x_dtype, cfg)
             if need_dw:
-                a, b = qdy.t(), qx
+                qx = _Q(xt_data, xt_scale, r.wgrad.b_format, TENSORWISE).t()  # M x K, col-major
+                a, b = qdy_t, qx
                 if mult > 1:
                     a, b = _pad_tokens(a, 1, mult), _pad_tokens(b, 0, mult)
-                dw = _mm(a, b, r.wgrad.out_dtype or torch.float32, cfg)
+                dw = _mm(a, b, r.wgrad.out_dtype or ctx.w_dtype, cfg)
         else:
             x2, w = ctx.saved_tensors
             if need_dx:
@@ -183,7 +205,7 @@ class _Fp8LinearFn(torch.autograd.Function):
                 dyp, xp = (_pad_rows(dy2, mult), _pad_rows(x2, mult)) if mult > 1 else (dy2, x2)
                 qdyt = _quantize(dyp.t().contiguous(), r.wgrad.a_format, a_gran, None, cfg)
                 qx = _quantize_b(xp.t().contiguous(), r.wgrad.b_format, b_gran, None, cfg)
-                dw = _mm(qdyt, qx, r.wgrad.out_dtype or torch.float32, cfg)
+                dw = _mm(qdyt, qx, r.wgrad.out_dtype or ctx.w_dtype, cfg)
         if dx is not None:
             dx = dx.to(ctx.x_dtype).reshape(ctx.x_shape)
         if dw is not None:

@@ -68,7 +68,8 @@ class GemmSpec:
     """Formats of one GEMM's operands and its output dtype.
 
     ``out_dtype=None`` means: the activation dtype for forward and dgrad (the input's dtype,
-    or the autocast dtype), float32 for wgrad (weights are fp32 master copies).
+    or the autocast dtype), the weight's dtype for wgrad (the accumulator's fp32 sum is
+    rounded once to it, so fp32 master weights get an fp32 gradient).
     """
 
     a_format: str
