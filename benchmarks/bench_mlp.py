@@ -97,8 +97,9 @@ def _profile(step, name: str, rows: int, out_dir: str | None) -> None:
     """Print (and save) the GPU kernels of two steps, most time first (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
+            torch.cuda.synchronize()  # as in the timed loop
             step()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
@@ -106,6 +107,52 @@ def _profile(step, name: str, rows: int, out_dir: str | None) -> None:
     if out_dir:
         with open(f"{out_dir}/profile_{name}.txt", "w") as f:
             f.write(table)
+        prof.export_chrome_trace(f"{out_dir}/trace_{name}.json")
+
+
+def _host_ms(step, steps: int = 10) -> float:
+    """Milliseconds the host takes to issue one step (no sync inside: the GPU queue absorbs
+    it). When this approaches the GPU time, the step is launch-bound."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    host = (time.perf_counter() - t0) * 1e3 / steps
+    torch.cuda.synchronize()
+    return host
+
+
+def _sync_check(step, name: str) -> None:
+    """Report any host-device synchronisation inside one step (it would stall the queue)."""
+    import warnings
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message)[:160] for w in caught if "synchroniz" in str(w.message)]
+    print(f"{name}: {len(syncs)} synchronising calls in one step", *syncs[:5], sep="\n  ")
+
+
+def _cprofile(step, name: str, rows: int) -> None:
+    """Python functions by own time over 10 steps (where the host time goes)."""
+    import cProfile
+    import pstats
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(10):
+        step()
+    prof.disable()
+    sync()
+    print(f"--- {name}: Python functions of 10 steps, by own time ---", flush=True)
+    pstats.Stats(prof).sort_stats("tottime").print_stats(rows)
 
 
 def _backend_facts(name: str | None, device: str) -> str:
@@ -122,6 +169,10 @@ def _device_name(device: str) -> str:
 
 def _write_table(rows, args, argv, device) -> str:
     bf16_ms = next((r[1] for r in rows if r[0] == "bf16" and r[1]), None)
+    host_note = (
+        "host ms: time to issue one step from Python (10 steps without a sync); when it nears "
+        "the step time, the step is launch-bound."
+    )
     lines = [
         f"MLP {args.dim} -> {args.hidden} -> {args.dim}, {args.tokens} tokens, bf16, "
         "forward + backward, torch.compile (default mode), median of "
@@ -133,15 +184,19 @@ def _write_table(rows, args, argv, device) -> str:
         "",
         f"Our backend: `{_backend_facts(args.backend, device)}`",
         "",
-        "| variant | ms | TFLOP/s | speed-up vs bf16 | rel. error of y vs bf16 | notes |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        host_note,
+        "",
+        "| variant | ms | TFLOP/s | speed-up vs bf16 | rel. error of y vs bf16 | host ms | notes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for name, ms, tf, err, note in rows:
+    for name, ms, tf, err, host, note in rows:
         if ms is None:
-            lines.append(f"| {name} | - | - | - | - | {note} |")
+            lines.append(f"| {name} | - | - | - | - | - | {note} |")
             continue
         speed = f"{bf16_ms / ms:.2f}x" if bf16_ms else "-"
-        lines.append(f"| {name} | {ms:.2f} | {tf:.0f} | {speed} | {err:.1e} | {note} |")
+        lines.append(
+            f"| {name} | {ms:.2f} | {tf:.0f} | {speed} | {err:.1e} | {host:.2f} | {note} |"
+        )
     text = "\n".join(lines) + "\n"
     if args.out:
         with open(args.out, "w") as f:
@@ -164,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=int, default=0, help="after timing, list this many top GPU kernels"
     )
     p.add_argument("--profile-dir", default=None, help="folder for the kernel tables")
+    p.add_argument(
+        "--cprofile", type=int, default=0, help="after timing, list this many Python functions"
+    )
     args = p.parse_args(argv)
     device = args.device
     base = _mlp(args.dim, args.hidden, device)
@@ -192,15 +250,21 @@ def main(argv: list[str] | None = None) -> int:
             err = ((y - ref_y).norm() / ref_y.norm()).item()
             times = _time(step, args.warmup, args.iters, device)
         except Exception as exc:  # report, keep going with the other variants
-            rows.append((name, None, None, None, f"failed: {type(exc).__name__}: {exc}"[:200]))
+            failed = f"failed: {type(exc).__name__}: {exc}"[:200]
+            rows.append((name, None, None, None, None, failed))
             print(f"{name}: FAILED {exc}", flush=True)
             _write_table(rows, args, argv, device)
             continue
+        host = _host_ms(step) if device == "cuda" else float("nan")
+        if device == "cuda":
+            _sync_check(step, name)
         if args.profile and device == "cuda":
             _profile(step, name, args.profile, args.profile_dir)
+        if args.cprofile:
+            _cprofile(step, name, args.cprofile)
         ms = statistics.median(times)
-        rows.append((name, ms, flops / ms / 1e9, err, note))
-        print(f"{name}: {ms:.3f} ms median ({min(times):.3f} min), "
+        rows.append((name, ms, flops / ms / 1e9, err, host, note))
+        print(f"{name}: {ms:.3f} ms median ({min(times):.3f} min), host {host:.2f} ms, "
               f"{flops / ms / 1e9:.0f} TFLOP/s, rel err {err:.2e}, "
               f"setup+compile {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
         del model, compiled
