@@ -171,6 +171,7 @@ class Backend:
         x: torch.Tensor,
         fmt: Format,
         scale: torch.Tensor | None,
+        amax: torch.Tensor | None,
         *,
         margin: int,
         power_of_two: bool,
@@ -178,10 +179,12 @@ class Backend:
     ) -> CastTranspose:
         """Tensorwise codes of the 2-D ``x`` and of ``x.T`` (contiguous) with one scale.
 
-        ``scale=None``: current scaling from this tensor's amax. Override to fuse the amax,
-        the cast and the transposed store into fewer passes.
+        ``scale=None``: current scaling, from ``amax`` if given (fp32 0-d, ``max |x|``; its
+        sign is ignored), else
+        from this tensor's amax. Override to fuse the amax, the cast and the transposed store
+        into fewer passes.
         """
-        amax = self.amax(x, TENSORWISE)
+        amax = self.amax(x, TENSORWISE) if amax is None else amax.abs()
         if scale is None:
             scale = scale_from_amax(amax, fmt, margin=margin, power_of_two=power_of_two)
         data = self.cast_to_fp8(x, fmt, scale, TENSORWISE, saturate=saturate, rand_bits=None)

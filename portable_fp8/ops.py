@@ -247,6 +247,7 @@ def quantize_transpose(
     format: FormatLike = "e4m3fn",
     *,
     scale: torch.Tensor | float | None = None,
+    amax: torch.Tensor | None = None,
     margin: int = 0,
     power_of_two: bool = False,
     saturate: bool = True,
@@ -259,6 +260,11 @@ def quantize_transpose(
     ``quantize(x.T.contiguous(), format, scale=data.scale)`` bit for bit, and ``amax`` is
     ``max |x|`` (with a given ``scale`` -- delayed scaling -- it is measured during the cast,
     for the amax history). Rounding is to nearest even.
+
+    ``amax``: ``max |x|`` computed beforehand (e.g. fused by a compiler into the op that
+    produced ``x``; its sign is ignored); the scale is then ``scale_from_amax(amax)``, with no
+    pass over ``x`` for it.
+    At most one of ``scale`` and ``amax`` may be given.
 
     >>> import torch, portable_fp8 as fp8
     >>> q, qt, amax = fp8.quantize_transpose(torch.tensor([[1.0, -2.0], [4.0, 0.5]]))
@@ -273,8 +279,12 @@ def quantize_transpose(
     chosen = _backend_for(backend, x)
     _check_cast_support(chosen, fmt, saturate, "nearest")
     s = None if scale is None else _scale_tensor(scale, x, (), "scale")
+    if amax is not None:
+        if s is not None:
+            raise Fp8ValueError("give scale or amax, not both")
+        amax = _scale_tensor(amax, x, (), "amax")
     return chosen.quantize_transpose(
-        x, fmt, s, margin=margin, power_of_two=power_of_two, saturate=bool(saturate)
+        x, fmt, s, amax, margin=margin, power_of_two=power_of_two, saturate=bool(saturate)
     )
 
 

@@ -93,3 +93,21 @@ def test_bad_input():
         fp8.quantize_transpose(torch.ones(4, 4), scale=torch.ones(4))
     with pytest.raises(Fp8ValueError, match="block-scale"):
         fp8.quantize_transpose(torch.ones(4, 4), "e8m0fnu")
+
+
+@pytest.mark.parametrize("backend", _backends_here())
+def test_given_amax_gives_the_same_result(backend):
+    """A precomputed amax (as a compiler fuses it) gives the bits of the two-pass path;
+    its sign is ignored (amax means max |x|)."""
+    x = _input(48, 80, torch.bfloat16)
+    want_q, want_qt, want_amax = fp8.quantize_transpose(x, "e5m2", margin=2, backend=backend)
+    for amax in (want_amax, -want_amax, x.abs().amax()):
+        q, qt, _ = fp8.quantize_transpose(x, "e5m2", amax=amax, margin=2, backend=backend)
+        assert torch.equal(q.scale, want_q.scale)
+        assert torch.equal(codes_of(q.data), codes_of(want_q.data))
+        assert torch.equal(codes_of(qt.data), codes_of(want_qt.data))
+
+
+def test_scale_and_amax_exclusive():
+    with pytest.raises(Fp8ValueError, match="not both"):
+        fp8.quantize_transpose(torch.ones(4, 4), scale=1.0, amax=torch.tensor(1.0))

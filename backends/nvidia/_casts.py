@@ -176,16 +176,17 @@ class TritonCastsMixin:
         x: torch.Tensor,
         fmt: Format,
         scale: torch.Tensor | None,
+        amax: torch.Tensor | None,
         *,
         margin: int,
         power_of_two: bool,
         saturate: bool,
     ) -> CastTranspose:
-        """Current scaling in two passes (amax; cast + transposed store), or, with a given
-        scale, one pass that also measures the amax (delayed scaling)."""
+        """Current scaling in two passes (amax; cast + transposed store), in one with a given
+        amax, or, with a given scale, one pass that also measures the amax (delayed scaling)."""
         if x.numel() == 0 or not 0 <= margin <= _MAX_FUSED_MARGIN:
             return super().quantize_transpose(
-                x, fmt, scale, margin=margin, power_of_two=power_of_two, saturate=saturate
+                x, fmt, scale, amax, margin=margin, power_of_two=power_of_two, saturate=saturate
             )
         r, c = x.shape
         dev = x.device
@@ -194,7 +195,10 @@ class TritonCastsMixin:
         scale_inv = torch.empty((), dtype=torch.float32, device=dev)
         from_amax = scale is None
         if from_amax:
-            amax_bits = self._amax_bits(x.contiguous())
+            if amax is None:
+                amax_bits = self._amax_bits(x.contiguous())
+            else:  # the kernel reads the bits of |amax| (sign masked)
+                amax_bits = amax.to(torch.float32).reshape(1).view(torch.int32)
             scale = torch.empty((), dtype=torch.float32, device=dev)
         else:
             amax_bits = torch.zeros(1, dtype=torch.int32, device=dev)

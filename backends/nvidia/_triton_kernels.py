@@ -414,8 +414,9 @@ def cast_transpose_kernel(
     (C, R), from one read: the operands an FP8 GEMM's backward pass needs.
 
     The scale is read from ``scale_ptr`` or, with ``SCALE_FROM_AMAX``, computed from the amax
-    bits at ``amax_in_ptr`` (current scaling, second pass), then stored by program (0, 0) at
-    ``scale_out_ptr``; that program always stores its reciprocal at ``scale_inv_out_ptr``.
+    bits at ``amax_in_ptr`` (current scaling: the amax pass's result or a given amax), then
+    stored by program (0, 0) at ``scale_out_ptr``; that program always stores its reciprocal
+    at ``scale_inv_out_ptr``.
     ``FUSED_AMAX``: also reduce ``|x|`` into the amax bits at ``amax_out_ptr`` (delayed scaling).
     """
     pid_r = tl.program_id(0)
@@ -425,7 +426,8 @@ def cast_transpose_kernel(
     mask = (rows[:, None] < R) & (cols[None, :] < C)
     x = tl.load(x_ptr + rows[:, None] * sxr + cols[None, :] * sxc, mask=mask, other=0.0)
     if SCALE_FROM_AMAX:
-        s = _scale_from_amax_bits(tl.load(amax_in_ptr), FMT_MAX, MARGIN_MUL, POW2)
+        amax_bits = tl.load(amax_in_ptr) & 0x7FFFFFFF  # a given amax may carry a sign
+        s = _scale_from_amax_bits(amax_bits, FMT_MAX, MARGIN_MUL, POW2)
     else:
         s = tl.load(scale_ptr)
     if (pid_r == 0) & (pid_c == 0):

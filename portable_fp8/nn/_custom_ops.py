@@ -10,8 +10,8 @@ Ops (namespace ``portable_fp8_nn``):
 * ``quantize(x, format, granularity, scale, margin, power_of_two, backend) -> (data, scale)``
   -- :func:`portable_fp8.ops.quantize`; ``data`` is contiguous, ``scale`` fp32 in the
   granularity's scale layout (a new tensor, even when ``scale`` was given).
-* ``quantize_transpose(x, format, scale, margin, power_of_two, backend) -> (data, data_t,
-  scale, amax)`` -- :func:`portable_fp8.ops.quantize_transpose` (tensorwise, 2-D ``x``);
+* ``quantize_transpose(x, format, scale, amax, margin, power_of_two, backend) -> (data,
+  data_t, scale, amax)`` -- :func:`portable_fp8.ops.quantize_transpose` (tensorwise, 2-D ``x``);
   ``data_t`` holds the codes of ``x.T``, contiguous.
 * ``scaled_mm(a_data, a_scale, a_format, a_granularity, b_data, b_scale, b_format,
   b_granularity, out_dtype, backend) -> out`` -- :func:`portable_fp8.ops.scaled_mm`.
@@ -72,19 +72,28 @@ def quantize_transpose(
     x: torch.Tensor,
     format: str,
     scale: torch.Tensor | None,
+    amax: torch.Tensor | None,
     margin: int,
     power_of_two: bool,
     backend: str | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, qt, amax = ops.quantize_transpose(
-        x, format, scale=scale, margin=margin, power_of_two=power_of_two, backend=backend
+    q, qt, out_amax = ops.quantize_transpose(
+        x,
+        format,
+        scale=scale,
+        amax=amax,
+        margin=margin,
+        power_of_two=power_of_two,
+        backend=backend,
     )
-    out_scale = q.scale.clone() if scale is not None else q.scale  # no aliasing of inputs
-    return q.data, qt.data, out_scale, amax
+    # Outputs of a custom op may not alias its inputs: copy what was passed in.
+    out_scale = q.scale.clone() if scale is not None else q.scale
+    out_amax = out_amax.clone() if amax is not None else out_amax
+    return q.data, qt.data, out_scale, out_amax
 
 
 @quantize_transpose.register_fake
-def _quantize_transpose_fake(x, format, scale, margin, power_of_two, backend):
+def _quantize_transpose_fake(x, format, scale, amax, margin, power_of_two, backend):
     dtype = get_format(format).torch_dtype
     rows, cols = x.shape
     data, data_t = x.new_empty((rows, cols), dtype=dtype), x.new_empty((cols, rows), dtype=dtype)

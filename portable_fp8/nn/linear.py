@@ -74,13 +74,25 @@ def _quantize_b(bt: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg)
     return _quantize(bt, fmt, gran.transposed(), scale, cfg).t()
 
 
+def _amax(x: torch.Tensor, cfg: _Cfg) -> torch.Tensor:
+    """max |x| (fp32, 0-d). Under torch.compile in plain torch ops, which the compiler fuses
+    into the kernel that produced ``x`` (a pass over ``x`` saved); eagerly, the backend's."""
+    if torch.compiler.is_compiling():
+        return x.abs().amax().to(torch.float32)  # exact in any order; NaN propagates
+    return cops.amax(x, cfg.backend)
+
+
 def _quantize_pair(x: torch.Tensor, fmt: str, scale, cfg: _Cfg, transposed: bool):
-    """Tensorwise codes of ``x`` and, if ``transposed``, of ``x.T`` (else None)."""
+    """Tensorwise codes of ``x`` and, if ``transposed``, of ``x.T`` (else None).
+
+    ``scale=None``: current scaling; under torch.compile its amax comes from :func:`_amax`.
+    """
     if not transposed:
         return _quantize(x, fmt, TENSORWISE, scale, cfg), None
     r = cfg.recipe
+    amax = _amax(x, cfg) if scale is None and torch.compiler.is_compiling() else None
     data, data_t, s, _ = cops.quantize_transpose(
-        x, fmt, scale, r.margin, r.power_of_two, cfg.backend
+        x, fmt, scale, amax, r.margin, r.power_of_two, cfg.backend
     )
     return _Q(data, s, fmt, TENSORWISE), _Q(data_t, s, fmt, TENSORWISE)
 
@@ -101,7 +113,7 @@ def _tensor_scale(
     if isinstance(r, StaticScaling):
         return torch.full((), r.scales()[ROLES[role]], dtype=torch.float32, device=x.device)
     if isinstance(r, DelayedScaling):
-        amax = cops.amax(x, cfg.backend)
+        amax = _amax(x, cfg)
         hist = history[role]
         current = scale_from_amax(amax, f, margin=r.margin, power_of_two=r.power_of_two,
                                   choices=r.scale_choices)  # fmt: skip
@@ -114,7 +126,7 @@ def _tensor_scale(
                                            choices=r.scale_choices)  # fmt: skip
         return scale
     if r.scale_choices is not None:
-        amax = cops.amax(x, cfg.backend)
+        amax = _amax(x, cfg)
         return scale_from_amax(amax, f, margin=r.margin, power_of_two=r.power_of_two,
                                choices=r.scale_choices)  # fmt: skip
     return None
