@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import sys
@@ -107,7 +108,13 @@ def _profile(step, name: str, rows: int, out_dir: str | None) -> None:
     if out_dir:
         with open(f"{out_dir}/profile_{name}.txt", "w") as f:
             f.write(table)
-        prof.export_chrome_trace(f"{out_dir}/trace_{name}.json")
+        import gzip
+
+        trace = f"{out_dir}/trace_{name}.json"
+        prof.export_chrome_trace(trace)
+        with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
+            dst.write(src.read())
+        os.remove(trace)
 
 
 def _host_ms(step, steps: int = 10) -> float:
@@ -175,8 +182,9 @@ def _write_table(rows, args, argv, device) -> str:
     )
     lines = [
         f"MLP {args.dim} -> {args.hidden} -> {args.dim}, {args.tokens} tokens, bf16, "
-        "forward + backward, torch.compile (default mode), median of "
-        f"{args.iters} CUDA-event timings after {args.warmup} warm-up steps.",
+        "forward + backward, torch.compile (default mode); median of "
+        f"{args.iters} CUDA-event timings per variant, taken in {args.rounds} interleaved rounds "
+        f"(each variant in turn) after {args.warmup} warm-up steps.",
         "",
         f"Device: {_device_name(device)}; torch {torch.__version__}; "
         f"portable-fp8 {fp8.__version__}; Python {platform.python_version()}.",
@@ -186,16 +194,18 @@ def _write_table(rows, args, argv, device) -> str:
         "",
         host_note,
         "",
-        "| variant | ms | TFLOP/s | speed-up vs bf16 | rel. error of y vs bf16 | host ms | notes |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| variant | ms | round medians ms | TFLOP/s | speed-up vs bf16 | rel. error of y vs bf16 "
+        "| host ms | notes |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for name, ms, tf, err, host, note in rows:
+    for name, ms, tf, err, host, spread, note in rows:
         if ms is None:
-            lines.append(f"| {name} | - | - | - | - | - | {note} |")
+            lines.append(f"| {name} | - | - | - | - | - | - | {note} |")
             continue
         speed = f"{bf16_ms / ms:.2f}x" if bf16_ms else "-"
         lines.append(
-            f"| {name} | {ms:.2f} | {tf:.0f} | {speed} | {err:.1e} | {host:.2f} | {note} |"
+            f"| {name} | {ms:.2f} | {spread[0]:.2f}-{spread[1]:.2f} | {tf:.0f} | {speed} "
+            f"| {err:.1e} | {host:.2f} | {note} |"
         )
     text = "\n".join(lines) + "\n"
     if args.out:
@@ -210,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=4096)
     p.add_argument("--hidden", type=int, default=14336)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--iters", type=int, default=60, help="timed steps per variant, in all")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds over the variants")
     p.add_argument("--backend", default=None, help="our backend (default: the registry's)")
     p.add_argument("--variants", default=",".join(_ORDER))
     p.add_argument("--out", default=None, help="Markdown file for the results table")
@@ -228,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.randn(args.tokens, args.dim, device=device, dtype=torch.bfloat16)
     dy = torch.randn(args.tokens, args.dim, device=device, dtype=torch.bfloat16) * 1e-2
     flops = 3 * 2 * 2 * args.tokens * args.dim * args.hidden  # 2 layers x (fwd, dgrad, wgrad)
-    rows, ref_y = [], None
-    for name in args.variants.split(","):
+    ready, rows, ref_y = [], [], None
+    for name in args.variants.split(","):  # build, compile and check every variant first
         t0 = time.perf_counter()
         try:
             model, note = _make(name, base, args.backend)
@@ -248,13 +259,24 @@ def main(argv: list[str] | None = None) -> int:
             if ref_y is None:
                 ref_y = y
             err = ((y - ref_y).norm() / ref_y.norm()).item()
-            times = _time(step, args.warmup, args.iters, device)
+            _time(step, args.warmup, 0, device)
         except Exception as exc:  # report, keep going with the other variants
             failed = f"failed: {type(exc).__name__}: {exc}"[:200]
-            rows.append((name, None, None, None, None, failed))
+            rows.append((name, None, None, None, None, None, failed))
             print(f"{name}: FAILED {exc}", flush=True)
-            _write_table(rows, args, argv, device)
             continue
+        ready.append((name, step, err, note))
+        print(f"{name}: ready, setup+compile {time.perf_counter() - t0:.0f} s", flush=True)
+    # Interleaved rounds: clock and thermal drift hit every variant alike.
+    times: dict[str, list[float]] = {name: [] for name, *_ in ready}
+    round_medians: dict[str, list[float]] = {name: [] for name, *_ in ready}
+    per_round = max(1, args.iters // args.rounds)
+    for _ in range(args.rounds):
+        for name, step, _, _ in ready:
+            t = _time(step, 1, per_round, device)
+            times[name] += t
+            round_medians[name].append(statistics.median(t))
+    for name, step, err, note in ready:
         host = _host_ms(step) if device == "cuda" else float("nan")
         if device == "cuda":
             _sync_check(step, name)
@@ -262,15 +284,12 @@ def main(argv: list[str] | None = None) -> int:
             _profile(step, name, args.profile, args.profile_dir)
         if args.cprofile:
             _cprofile(step, name, args.cprofile)
-        ms = statistics.median(times)
-        rows.append((name, ms, flops / ms / 1e9, err, host, note))
-        print(f"{name}: {ms:.3f} ms median ({min(times):.3f} min), host {host:.2f} ms, "
-              f"{flops / ms / 1e9:.0f} TFLOP/s, rel err {err:.2e}, "
-              f"setup+compile {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
-        del model, compiled
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        _write_table(rows, args, argv, device)  # after each variant: a timeout keeps the rest
+        ms = statistics.median(times[name])
+        spread = (min(round_medians[name]), max(round_medians[name]))
+        rows.append((name, ms, flops / ms / 1e9, err, host, spread, note))
+        print(f"{name}: {ms:.3f} ms median, rounds {spread[0]:.3f}-{spread[1]:.3f}, "
+              f"host {host:.2f} ms, {flops / ms / 1e9:.0f} TFLOP/s, rel err {err:.2e}",
+              flush=True)  # fmt: skip
     print(_write_table(rows, args, argv, device))
     return 0
 
