@@ -57,6 +57,7 @@ def main() -> None:
     b = bt.t()
     sa, sb = _casts.scale_inv_of(a), _casts.scale_inv_of(b)
     n = x.numel()
+    amax = x.abs().amax().float()
     rows = [
         ("torch.empty", lambda: torch.empty((16384, 4096), dtype=torch.uint8, device="cuda")),
         (
@@ -66,13 +67,27 @@ def main() -> None:
         (
             "backend.quantize_transpose",
             lambda: be.quantize_transpose(
-                x, E4M3FN, None, margin=0, power_of_two=False, saturate=True
+                x, E4M3FN, None, None, margin=0, power_of_two=False, saturate=True
+            ),
+        ),
+        (
+            "backend.quantize_transpose, given amax",
+            lambda: be.quantize_transpose(
+                x, E4M3FN, None, amax, margin=0, power_of_two=False, saturate=True
             ),
         ),
         ("fp8.quantize_transpose", lambda: fp8.quantize_transpose(x, backend=args.backend)),
         (
+            "fp8.quantize_transpose, given amax",
+            lambda: fp8.quantize_transpose(x, amax=amax, backend=args.backend),
+        ),
+        (
             "custom op quantize_transpose",
-            lambda: cops.quantize_transpose(x, "e4m3fn", None, 0, False, args.backend),
+            lambda: cops.quantize_transpose(x, "e4m3fn", None, None, 0, False, args.backend),
+        ),
+        (
+            "custom op quantize_transpose, given amax",
+            lambda: cops.quantize_transpose(x, "e4m3fn", None, amax, 0, False, args.backend),
         ),
         (
             "torch._scaled_mm 16x8192x8192",

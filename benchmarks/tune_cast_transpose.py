@@ -58,6 +58,7 @@ def main() -> None:
         want = None
         for tile in _TILES:
             casts._TRANSPOSE_TILE = tile
+            casts._transpose_constants.cache_clear()
             q, qt, _ = backend.quantize_transpose(
                 x, E4M3FN, None, margin=0, power_of_two=False, saturate=True
             )
