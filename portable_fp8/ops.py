@@ -1,7 +1,10 @@
 """The FP8 operator API that model code calls.
 
 Every function validates its arguments here, once, then hands them to the backend chosen by
-the registry (see :mod:`portable_fp8.registry`). Scales follow one convention: a scale is
+the registry (see :mod:`portable_fp8.registry`). Which features a backend declares is checked
+once per combination (backend, device, formats, granularities, ...) and remembered while the
+backend's ``capabilities`` object stays the same; the arguments' types, shapes, devices and
+values are checked on every call. Scales follow one convention: a scale is
 the **quantisation multiplier** (``cast_to_fp8(x, scale=s)`` stores ``x * s``, and
 dequantising multiplies by ``fp32(1 / s)``).
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import Backend, CastTranspose
+from .backend import Backend, Capabilities, CastTranspose
 from .emulator.cast import amax as _amax
 from .errors import Fp8TypeError, Fp8ValueError, NotSupportedError
 from .formats import Format, get_format
@@ -53,16 +56,26 @@ def _check_high_precision(x: object, what: str = "x") -> torch.Tensor:
     return x
 
 
-def _backend_for(backend: str | None, *tensors: torch.Tensor) -> Backend:
-    device = tensors[0].device.type if tensors else "cpu"
+def _device_type(t: torch.Tensor) -> str:
+    """``t.device.type``, without building a ``torch.device`` for CPU and CUDA tensors."""
+    if t.is_cpu:
+        return "cpu"
+    if t.is_cuda:
+        return "cuda"
+    return t.device.type
+
+
+def _backend_for(backend: str | None, *tensors: torch.Tensor) -> tuple[Backend, str]:
+    """The backend for a call on ``tensors`` (one device type) and that device type.
+
+    Whether the backend runs on that device is checked by the caller's ``_check_*`` (cached).
+    """
+    device = _device_type(tensors[0]) if tensors else "cpu"
     for t in tensors[1:]:
-        if t.device.type != device:
+        if _device_type(t) != device:
             devices = sorted({t.device.type for t in tensors})
             raise Fp8ValueError(f"tensors are on different devices: {devices}")
-    chosen = select_backend(backend, device)
-    if device not in chosen.capabilities.devices:
-        raise NotSupportedError(chosen.name, f"tensors on device {device!r}")
-    return chosen
+    return select_backend(backend, device), device
 
 
 def _require(backend: Backend, ok: bool, feature: str) -> None:
@@ -70,8 +83,41 @@ def _require(backend: Backend, ok: bool, feature: str) -> None:
         raise NotSupportedError(backend.name, feature)
 
 
+def _require_device(backend: Backend, device: str) -> None:
+    _require(backend, device in backend.capabilities.devices, f"tensors on device {device!r}")
+
+
+#: Capability checks that passed: key (id(backend), device, features...) -> (backend,
+#: capabilities checked). An entry counts only while ``backend.capabilities`` is still the
+#: object it was checked against; it keeps the backend alive, so its id is not reused.
+_CHECKED: dict[tuple, tuple[Backend, Capabilities]] = {}
+_CHECKED_MAX = 4096
+
+
+def _remember_checked(key: tuple, backend: Backend) -> None:
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = (backend, backend.capabilities)
+
+
+#: str or dtype spellings of formats already resolved by get_format.
+_FORMAT_OF: dict[str | torch.dtype, Format] = {}
+
+
+def _format(spec: FormatLike) -> Format:
+    """:func:`get_format` with its answers for str and dtype specs remembered."""
+    if spec.__class__ is str or spec.__class__ is torch.dtype:
+        fmt = _FORMAT_OF.get(spec)  # type: ignore[arg-type]
+        if fmt is None:
+            fmt = get_format(spec)
+            if len(_FORMAT_OF) < 256:
+                _FORMAT_OF[spec] = fmt  # type: ignore[index]
+        return fmt
+    return get_format(spec)
+
+
 def _element_format(spec: FormatLike) -> Format:
-    fmt = get_format(spec)
+    fmt = _format(spec)
     if fmt.is_scale_format:
         raise Fp8ValueError(f"{fmt.name} is a block-scale format, not an element format")
     return fmt
@@ -80,7 +126,18 @@ def _element_format(spec: FormatLike) -> Format:
 def _scale_tensor(
     scale: torch.Tensor | float | None, like: torch.Tensor, shape: tuple[int, ...], what: str
 ) -> torch.Tensor:
-    """The scale as an fp32 tensor of ``shape`` on ``like``'s device (None -> 1.0)."""
+    """The scale as an fp32 tensor of ``shape`` on ``like``'s device (None -> 1.0).
+
+    A tensor that already is one (fp32, ``shape``, same device) is returned itself, so that
+    caches keyed by the scale tensor (e.g. of its reciprocal) hit across calls.
+    """
+    if (
+        scale.__class__ is torch.Tensor
+        and scale.dtype is torch.float32
+        and scale.shape == shape
+        and scale.device == like.device
+    ):
+        return scale
     if scale is None:
         return torch.ones(shape, dtype=torch.float32, device=like.device)
     if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)):
@@ -122,11 +179,68 @@ def _rand_bits(
     return rand_bits
 
 
-def _check_cast_support(backend: Backend, fmt: Format, saturate: bool, rounding: str) -> None:
+def _check_cast_support(
+    backend: Backend,
+    device: str,
+    fmt: Format,
+    saturate: bool,
+    rounding: str,
+    granularity: Granularity | None = None,
+) -> None:
+    """Raise NotSupportedError unless ``backend`` declares this cast (cached when it does)."""
+    gran = None if granularity is None else granularity.name
+    key = (id(backend), device, fmt.name, bool(saturate), rounding, gran)
+    hit = _CHECKED.get(key)
+    if hit is not None and hit[1] is backend.capabilities:
+        return
     caps = backend.capabilities
+    _require_device(backend, device)
     _require(backend, fmt.name in caps.cast_formats, f"casts to {fmt.name}")
     _require(backend, saturate or caps.non_saturating, "non-saturating casts")
     _require(backend, rounding in caps.rounding, f"{rounding} rounding")
+    if gran is not None:
+        _require(backend, gran in caps.granularities, f"{gran} scaling")
+    _remember_checked(key, backend)
+
+
+def _check_decode_support(backend: Backend, device: str, fmt: Format) -> None:
+    """Raise NotSupportedError unless ``backend`` declares casts from ``fmt`` (cached)."""
+    key = (id(backend), device, fmt.name, "decode")
+    hit = _CHECKED.get(key)
+    if hit is not None and hit[1] is backend.capabilities:
+        return
+    _require_device(backend, device)
+    _require(backend, fmt.name in backend.capabilities.cast_formats, f"casts from {fmt.name}")
+    _remember_checked(key, backend)
+
+
+def _check_gemm_support(
+    backend: Backend,
+    device: str,
+    a: Fp8Tensor,
+    b: Fp8Tensor,
+    out_dtype: torch.dtype,
+    bias: bool,
+    c: bool,
+) -> None:
+    """Raise NotSupportedError unless ``backend`` declares this GEMM (cached when it does)."""
+    fa, fb, ga, gb = a.format.name, b.format.name, a.granularity.name, b.granularity.name
+    key = (id(backend), device, fa, fb, ga, gb, out_dtype, bias, c)
+    hit = _CHECKED.get(key)
+    if hit is not None and hit[1] is backend.capabilities:
+        return
+    caps = backend.capabilities
+    _require_device(backend, device)
+    _require(backend, (fa, fb) in caps.gemm_formats, f"GEMMs of {fa} x {fb}")
+    _require(
+        backend,
+        (ga, gb) in caps.gemm_granularities,
+        f"GEMMs with {ga} x {gb} scaling",
+    )
+    _require(backend, out_dtype in caps.out_dtypes, f"GEMM output {out_dtype}")
+    _require(backend, not bias or caps.gemm_bias, "GEMM bias")
+    _require(backend, not c or caps.gemm_accumulate, "GEMM accumulation into c")
+    _remember_checked(key, backend)
 
 
 def compute_amax(x: torch.Tensor) -> torch.Tensor:
@@ -158,11 +272,11 @@ def cast_to_fp8(
     tensor([  1., 448.])
     """
     x = _check_high_precision(x)
-    fmt = get_format(format)
+    fmt = _format(format)
     s = _scale_tensor(scale, x, (), "scale")
     bits = _rand_bits(x, rounding, rand_bits, generator)
-    chosen = _backend_for(backend, x)
-    _check_cast_support(chosen, fmt, saturate, rounding)
+    chosen, device = _backend_for(backend, x)
+    _check_cast_support(chosen, device, fmt, saturate, rounding)
     return chosen.cast_to_fp8(x, fmt, s, TENSORWISE, saturate=bool(saturate), rand_bits=bits)
 
 
@@ -184,16 +298,16 @@ def cast_from_fp8(
     if format is None:
         if q.dtype == torch.uint8:
             raise Fp8ValueError("uint8 codes need format= to say which FP8 format they hold")
-        fmt = get_format(q.dtype)
+        fmt = _format(q.dtype)
     else:
-        fmt = get_format(format)
+        fmt = _format(format)
         if q.dtype not in (torch.uint8, fmt.torch_dtype):
             raise Fp8TypeError(f"q has dtype {q.dtype}, which does not store {fmt.name}")
     if out_dtype not in _HIGH_PRECISION:
         raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
     s = _scale_tensor(scale, q, (), "scale")
-    chosen = _backend_for(backend, q)
-    _require(chosen, fmt.name in chosen.capabilities.cast_formats, f"casts from {fmt.name}")
+    chosen, device = _backend_for(backend, q)
+    _check_decode_support(chosen, device, fmt)
     return chosen.cast_from_fp8(q, fmt, reciprocal(s), TENSORWISE, out_dtype)
 
 
@@ -224,9 +338,8 @@ def quantize(
     if x.dim() == 0 and not gran.is_tensorwise:
         raise Fp8ValueError(f"granularity {gran.name} needs a tensor of at least 1 dimension")
     bits = _rand_bits(x, rounding, rand_bits, generator)
-    chosen = _backend_for(backend, x)
-    _check_cast_support(chosen, fmt, saturate, rounding)
-    _require(chosen, gran.name in chosen.capabilities.granularities, f"{gran.name} scaling")
+    chosen, device = _backend_for(backend, x)
+    _check_cast_support(chosen, device, fmt, saturate, rounding, gran)
     if scale is None:
         return chosen.quantize_dynamic(
             x,
@@ -237,7 +350,8 @@ def quantize(
             saturate=bool(saturate),
             rand_bits=bits,
         )
-    s = _scale_tensor(scale, x, gran.scale_shape(as_2d_shape(x.shape)), "scale")
+    shape = () if gran is TENSORWISE else gran.scale_shape(as_2d_shape(x.shape))
+    s = _scale_tensor(scale, x, shape, "scale")
     data = chosen.cast_to_fp8(x, fmt, s, gran, saturate=bool(saturate), rand_bits=bits)
     return Fp8Tensor(data, s, fmt, gran)
 
@@ -276,8 +390,8 @@ def quantize_transpose(
     if x.dim() != 2:
         raise Fp8ValueError(f"quantize_transpose takes a 2-D tensor, got shape {tuple(x.shape)}")
     fmt = _element_format(format)
-    chosen = _backend_for(backend, x)
-    _check_cast_support(chosen, fmt, saturate, "nearest")
+    chosen, device = _backend_for(backend, x)
+    _check_cast_support(chosen, device, fmt, saturate, "nearest")
     s = None if scale is None else _scale_tensor(scale, x, (), "scale")
     if amax is not None:
         if s is not None:
@@ -296,10 +410,8 @@ def dequantize(
         raise Fp8TypeError(f"dequantize takes an Fp8Tensor, got {type(t).__name__}")
     if out_dtype not in _HIGH_PRECISION:
         raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
-    chosen = _backend_for(backend, t.data)
-    _require(
-        chosen, t.format.name in chosen.capabilities.cast_formats, f"casts from {t.format.name}"
-    )
+    chosen, device = _backend_for(backend, t.data)
+    _check_decode_support(chosen, device, t.format)
     return chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, out_dtype)
 
 
@@ -320,6 +432,50 @@ def scaled_mm(
     block_1x128 x block_128x128 and mx_1x32 x mx_32x1, as the backend declares.
     ``bias`` has shape (N,), ``c`` (M, N); both must be floating point.
     """
+    if not (
+        a.__class__ is Fp8Tensor
+        and b.__class__ is Fp8Tensor
+        and a.data.dim() == 2
+        and b.data.dim() == 2
+    ):
+        _check_operands(a, b)
+    (m, k), (k2, n) = a.data.shape, b.data.shape
+    if k != k2:
+        raise Fp8ValueError(f"inner dimensions differ: a is {m}x{k}, b is {k2}x{n}")
+    if out_dtype not in _HIGH_PRECISION:
+        raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    if bias is None and c is None:
+        chosen, device = _backend_for(backend, a.data, b.data)
+    else:
+        extra = []
+        if bias is not None:
+            bias = _check_tensor(bias, "bias")
+            if not bias.is_floating_point() or tuple(bias.shape) != (n,):
+                raise Fp8ValueError(
+                    f"bias must be a floating tensor of shape ({n},), got "
+                    f"{bias.dtype} {tuple(bias.shape)}"
+                )
+            extra.append(bias)
+        if c is not None:
+            c = _check_tensor(c, "c")
+            if not c.is_floating_point() or tuple(c.shape) != (m, n):
+                raise Fp8ValueError(
+                    f"c must be a floating tensor of shape ({m}, {n}), got {c.dtype} "
+                    f"{tuple(c.shape)}"
+                )
+            extra.append(c)
+        chosen, device = _backend_for(backend, a.data, b.data, *extra)
+    _check_gemm_support(chosen, device, a, b, out_dtype, bias is not None, c is not None)
+    mult = chosen.capabilities.gemm_dim_multiple
+    if mult > 1 and (k % mult or n % mult):
+        raise Fp8ValueError(
+            f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"
+        )
+    return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
+
+
+def _check_operands(a: object, b: object) -> None:
+    """Raise the error for the first GEMM operand that is not a 2-D Fp8Tensor."""
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, Fp8Tensor):
             raise Fp8TypeError(
@@ -327,45 +483,3 @@ def scaled_mm(
             )
         if t.data.dim() != 2:
             raise Fp8ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
-    (m, k), (k2, n) = a.shape, b.shape
-    if k != k2:
-        raise Fp8ValueError(f"inner dimensions differ: a is {m}x{k}, b is {k2}x{n}")
-    if out_dtype not in _HIGH_PRECISION:
-        raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
-    extra = []
-    if bias is not None:
-        bias = _check_tensor(bias, "bias")
-        if not bias.is_floating_point() or tuple(bias.shape) != (n,):
-            raise Fp8ValueError(
-                f"bias must be a floating tensor of shape ({n},), got "
-                f"{bias.dtype} {tuple(bias.shape)}"
-            )
-        extra.append(bias)
-    if c is not None:
-        c = _check_tensor(c, "c")
-        if not c.is_floating_point() or tuple(c.shape) != (m, n):
-            raise Fp8ValueError(
-                f"c must be a floating tensor of shape ({m}, {n}), got {c.dtype} {tuple(c.shape)}"
-            )
-        extra.append(c)
-    chosen = _backend_for(backend, a.data, b.data, *extra)
-    caps = chosen.capabilities
-    _require(
-        chosen,
-        (a.format.name, b.format.name) in caps.gemm_formats,
-        f"GEMMs of {a.format.name} x {b.format.name}",
-    )
-    _require(
-        chosen,
-        (a.granularity.name, b.granularity.name) in caps.gemm_granularities,
-        f"GEMMs with {a.granularity.name} x {b.granularity.name} scaling",
-    )
-    _require(chosen, out_dtype in caps.out_dtypes, f"GEMM output {out_dtype}")
-    _require(chosen, bias is None or caps.gemm_bias, "GEMM bias")
-    _require(chosen, c is None or caps.gemm_accumulate, "GEMM accumulation into c")
-    mult = caps.gemm_dim_multiple
-    if mult > 1 and (k % mult or n % mult):
-        raise Fp8ValueError(
-            f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"
-        )
-    return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
