@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from portable_fp8.backend import Backend
 from portable_fp8.emulator.gemm import HOPPER_FAST_ACCUMULATOR
+from portable_fp8.granularity import TENSORWISE
 from portable_fp8.hookspecs import hookimpl
 from portable_fp8.tensor import Fp8Tensor
 
@@ -87,9 +88,25 @@ class CudaBackend(NvidiaBackend):
         bias: torch.Tensor | None,
         c: torch.Tensor | None,
     ) -> torch.Tensor:
-        mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]  # str keys hash fast
         sa, sb = scale_inv_of(a), scale_inv_of(b)
         direct = bias is None and c is None
+        if direct and a.granularity is TENSORWISE and b.granularity is TENSORWISE:
+            qa, qb = a.data, b.data
+            k, n = qb.shape
+            a_rows, a_cols = qa.stride()
+            b_rows, b_cols = qb.stride()
+            if (  # the common case (cuBLASLt's layouts, 0-d scales, no padding): nothing to do
+                a_cols == 1
+                and a_rows >= k
+                and b_rows == 1
+                and b_cols >= k
+                and not (k % 16 or n % 16 or sa.dim() or sb.dim())
+            ):
+                return torch._scaled_mm(
+                    qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=self.fast_accum
+                )
+            return self._cublas(qa, qb, sa, sb, _TENSORWISE, out_dtype)
+        mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]  # str keys hash fast
         if mode == _BLOCKWISE:
             k, n = a.shape[1], b.shape[1]
             out = None
