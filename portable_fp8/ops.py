@@ -57,11 +57,11 @@ def _check_high_precision(x: object, what: str = "x") -> torch.Tensor:
 
 
 def _device_type(t: torch.Tensor) -> str:
-    """``t.device.type``, without building a ``torch.device`` for CPU and CUDA tensors."""
-    if t.is_cpu:
-        return "cpu"
+    """``t.device.type``, without building a ``torch.device`` for CUDA and CPU tensors."""
     if t.is_cuda:
         return "cuda"
+    if t.is_cpu:
+        return "cpu"
     return t.device.type
 
 
@@ -214,21 +214,13 @@ def _check_decode_support(backend: Backend, device: str, fmt: Format) -> None:
     _remember_checked(key, backend)
 
 
-def _check_gemm_support(
-    backend: Backend,
-    device: str,
-    a: Fp8Tensor,
-    b: Fp8Tensor,
-    out_dtype: torch.dtype,
-    bias: bool,
-    c: bool,
-) -> None:
-    """Raise NotSupportedError unless ``backend`` declares this GEMM (cached when it does)."""
-    fa, fb, ga, gb = a.format.name, b.format.name, a.granularity.name, b.granularity.name
-    key = (id(backend), device, fa, fb, ga, gb, out_dtype, bias, c)
-    hit = _CHECKED.get(key)
-    if hit is not None and hit[1] is backend.capabilities:
-        return
+def _check_gemm_support(backend: Backend, key: tuple) -> None:
+    """Raise NotSupportedError unless ``backend`` declares the GEMM of ``key``, else remember it.
+
+    ``key``: (id(backend), device, A format, B format, A granularity, B granularity, out
+    dtype, bias given, c given), as :func:`scaled_mm` probes ``_CHECKED`` with it.
+    """
+    _, device, fa, fb, ga, gb, out_dtype, bias, c = key
     caps = backend.capabilities
     _require_device(backend, device)
     _require(backend, (fa, fb) in caps.gemm_formats, f"GEMMs of {fa} x {fb}")
@@ -445,7 +437,10 @@ def scaled_mm(
     if out_dtype not in _HIGH_PRECISION:
         raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
     if bias is None and c is None:
-        chosen, device = _backend_for(backend, a.data, b.data)
+        device = _device_type(a.data)
+        if _device_type(b.data) != device:
+            _backend_for(backend, a.data, b.data)  # raises the error for mixed devices
+        chosen = select_backend(backend, device)
     else:
         extra = []
         if bias is not None:
@@ -465,8 +460,22 @@ def scaled_mm(
                 )
             extra.append(c)
         chosen, device = _backend_for(backend, a.data, b.data, *extra)
-    _check_gemm_support(chosen, device, a, b, out_dtype, bias is not None, c is not None)
-    mult = chosen.capabilities.gemm_dim_multiple
+    key = (
+        id(chosen),
+        device,
+        a.format.name,
+        b.format.name,
+        a.granularity.name,
+        b.granularity.name,
+        out_dtype,
+        bias is not None,
+        c is not None,
+    )
+    caps = chosen.capabilities
+    hit = _CHECKED.get(key)
+    if hit is None or hit[1] is not caps:
+        _check_gemm_support(chosen, key)
+    mult = caps.gemm_dim_multiple
     if mult > 1 and (k % mult or n % mult):
         raise Fp8ValueError(
             f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"
