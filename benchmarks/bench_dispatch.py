@@ -2,27 +2,41 @@
 
 Each op is called through :mod:`portable_fp8.ops` against a stand-in backend whose primitives
 return preallocated results at once, so what is timed is the op layer's own Python (no
-kernel, no allocation by the backend). For scale, the same table times a few raw torch calls
-and the ``cuda`` backend's own ``scaled_mm`` on CPU tensors (its Python around
-``torch._scaled_mm``, which runs on CPU too) against raw ``torch._scaled_mm`` on the same
-tensors. Each row: median over batches of the per-call time of ``--calls`` calls
-(``time.perf_counter_ns``), after a warm-up batch. ``--profile`` adds cProfile's top entries
-per op-layer call.
+kernel, no allocation by the backend). For scale, the same table times a few raw torch calls,
+and the ``cuda`` backend's own ``scaled_mm`` on CPU tensors with ``torch._scaled_mm`` stubbed
+out (its Python between the op layer and cuBLASLt). Each row: median over batches of the
+per-call time of ``--calls`` calls (``time.perf_counter_ns``), after a warm-up batch.
+``--baseline REV`` also times the source tree of git revision REV (in a subprocess, from a
+``git archive`` of it) and shows both columns; ``--profile`` adds cProfile's top entries per
+op-layer call.
 
-    python benchmarks/bench_dispatch.py [--out benchmarks/results/dispatch_cpu.md] [--profile]
+``--cuda`` instead measures, on a GPU, what the issue's target is about: host time per call
+of ``portable_fp8.scaled_mm`` (tensorwise, 16x8192x8192, ``cuda`` backend) against raw
+``torch._scaled_mm`` on the same operands, while the GPU is kept busy (``torch.cuda._sleep``)
+so that no kernel time is in it; the calls are interleaved batch by batch, and the overhead is
+the median of the per-batch differences.
+
+    python benchmarks/bench_dispatch.py [--baseline REV] [--out FILE.md] [--profile]
+    python benchmarks/bench_dispatch.py --cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
+import json
+import os
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import torch
 
@@ -105,15 +119,22 @@ def _profile(fn: Callable[[], object], calls: int, top: int) -> str:
     return "\n".join(lines[start:])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--calls", type=int, default=2000)
-    p.add_argument("--batches", type=int, default=11)
-    p.add_argument("--profile", action="store_true", help="cProfile each op-layer call")
-    p.add_argument("--out", default=None, help="also write the table as Markdown here")
-    args = p.parse_args()
-    torch.set_num_threads(1)
+@contextlib.contextmanager
+def _stub_scaled_mm(out: torch.Tensor) -> Iterator[None]:
+    """Replace ``torch._scaled_mm`` by a function returning ``out`` (restored after)."""
+    real = torch._scaled_mm
+    torch._scaled_mm = lambda *args, **kwargs: out
+    try:
+        yield
+    finally:
+        torch._scaled_mm = real
 
+
+Row = tuple[str, str, Callable[[], object], Callable[[], contextlib.AbstractContextManager]]
+
+
+def _rows() -> list[Row]:
+    """(layer, call, function, context to time it in) for every row of the table."""
     m, k, n = 16, 64, 32
     x = torch.randn(m, k, dtype=torch.bfloat16)
     s = torch.tensor(2.0)
@@ -125,76 +146,183 @@ def main() -> None:
     qb = Fp8Tensor(w8, s, E4M3FN, TENSORWISE).t()  # K x N, column-major: cuBLASLt's layout
     rowa = ops.quantize(x.float(), granularity="rowwise", backend="reference")
     rowb = ops.quantize(w8.float(), granularity="rowwise", backend="reference").t()
-    sa, sb = torch.tensor(0.5), torch.tensor(0.5)
     bias = torch.zeros(n, dtype=torch.bfloat16)
 
     from portable_fp8.backends.nvidia.cuda import CudaBackend
 
     cuda_be = CudaBackend()  # its Python runs on CPU tensors; not registered
-
-    rows: list[tuple[str, str, Callable[[], object]]] = [
-        ("op", "scaled_mm tensorwise (by device)", lambda: ops.scaled_mm(qa, qb)),
-        ("op", "scaled_mm tensorwise, backend=", lambda: ops.scaled_mm(qa, qb, backend=_STANDIN)),
-        ("op", "scaled_mm rowwise x columnwise", lambda: ops.scaled_mm(rowa, rowb)),
-        ("op", "scaled_mm tensorwise + bias", lambda: ops.scaled_mm(qa, qb, bias=bias)),
-        ("op", "quantize, scale given", lambda: ops.quantize(x, scale=s)),
-        ("op", "quantize, scale=None", lambda: ops.quantize(x)),
-        ("op", "quantize_transpose", lambda: ops.quantize_transpose(x)),
-        ("op", "cast_to_fp8, scale given", lambda: ops.cast_to_fp8(x, scale=s)),
-        ("raw", "torch.empty((16, 32))", lambda: torch.empty((16, 32))),
-        ("raw", "scale.reshape(())", lambda: s.reshape(())),
-        ("raw", "torch.reciprocal(scale)", lambda: torch.reciprocal(s)),
-        ("raw", "x.to(float8_e4m3fn)", lambda: x.to(torch.float8_e4m3fn)),
+    none = contextlib.nullcontext
+    return [
+        ("op", "scaled_mm tensorwise (by device)", lambda: ops.scaled_mm(qa, qb), none),
         (
-            "raw",
-            "torch._scaled_mm 16x64x32",
-            lambda: torch._scaled_mm(q8, w8.t(), sa, sb, out_dtype=torch.bfloat16),
+            "op",
+            "scaled_mm tensorwise, backend=",
+            lambda: ops.scaled_mm(qa, qb, backend=_STANDIN),
+            none,
         ),
+        ("op", "scaled_mm rowwise x columnwise", lambda: ops.scaled_mm(rowa, rowb), none),
+        ("op", "scaled_mm tensorwise + bias", lambda: ops.scaled_mm(qa, qb, bias=bias), none),
+        ("op", "quantize, scale given", lambda: ops.quantize(x, scale=s), none),
+        ("op", "quantize, scale=None", lambda: ops.quantize(x), none),
+        ("op", "quantize_transpose", lambda: ops.quantize_transpose(x), none),
+        ("op", "cast_to_fp8, scale given", lambda: ops.cast_to_fp8(x, scale=s), none),
         (
             "backend",
-            "cuda backend scaled_mm 16x64x32",
+            "cuda backend scaled_mm, _scaled_mm stubbed",
             lambda: cuda_be.scaled_mm(qa, qb, out_dtype=torch.bfloat16, bias=None, c=None),
+            lambda: _stub_scaled_mm(out),
         ),
+        ("raw", "torch.empty((16, 32))", lambda: torch.empty((16, 32)), none),
+        ("raw", "scale.reshape(())", lambda: s.reshape(()), none),
+        ("raw", "torch.reciprocal(scale)", lambda: torch.reciprocal(s), none),
+        ("raw", "x.to(float8_e4m3fn)", lambda: x.to(torch.float8_e4m3fn), none),
     ]
-    table = []
-    for kind, name, fn in rows:
-        table.append((kind, name, _per_call_us(fn, args.calls, args.batches)))
-    raw_mm = next(us for _, name, us in table if name.startswith("torch._scaled_mm"))
 
-    header = "| layer | call | us per call |\n|---|---|---:|"
-    body = [f"| {kind} | {name} | {us:.2f} |" for kind, name, us in table]
-    cuda_us = table[-1][2]
-    body.append(f"| backend | cuda backend's Python over raw _scaled_mm | {cuda_us - raw_mm:.2f} |")
+
+def _measure(rows: list[Row], calls: int, batches: int) -> dict[str, float]:
+    times = {}
+    for _, name, fn, context in rows:
+        with context():
+            times[name] = _per_call_us(fn, calls, batches)
+    return times
+
+
+def _measure_revision(rev: str, calls: int, batches: int) -> dict[str, float]:
+    """This script's table for the source tree of git revision ``rev`` (run in a subprocess)."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", rev], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        # the installed layout: portable_fp8.backends is backends/ (see pyproject.toml)
+        os.symlink("../backends", os.path.join(tmp, "portable_fp8", "backends"))
+        env = {**os.environ, "PYTHONPATH": tmp}
+        cmd = [sys.executable, __file__, "--json", f"--calls={calls}", f"--batches={batches}"]
+        done = subprocess.run(cmd, env=env, cwd=tmp, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
+
+
+def _cuda_overhead(reps: int, calls: int) -> str:
+    """Host us per call of the GEMM through each layer vs raw torch._scaled_mm (GPU busy)."""
+    from portable_fp8.backends.nvidia._casts import scale_inv_of
+
+    cuda_be = fp8.get_backend("cuda")
+    a = ops.quantize(torch.randn(16, 8192, device="cuda"), backend="cuda")
+    b = ops.quantize(torch.randn(8192, 8192, device="cuda"), backend="cuda").t()
+    sa, sb = scale_inv_of(a), scale_inv_of(b)
+    bf16 = torch.bfloat16
+    fns = {
+        "raw torch._scaled_mm": lambda: torch._scaled_mm(
+            a.data, b.data, sa, sb, out_dtype=bf16, use_fast_accum=cuda_be.fast_accum
+        ),
+        "cuda backend .scaled_mm": lambda: cuda_be.scaled_mm(
+            a, b, out_dtype=bf16, bias=None, c=None
+        ),
+        "fp8.scaled_mm, backend='cuda'": lambda: fp8.scaled_mm(a, b, backend="cuda"),
+        "fp8.scaled_mm (by device)": lambda: fp8.scaled_mm(a, b),
+    }
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps + 1):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of spinning: longer than the host's loop
+        for name in names[r % 4 :] + names[: r % 4]:  # rotate the order: no position bias
+            fn = fns[name]
+            t0 = time.perf_counter_ns()
+            for _ in range(calls):
+                fn()
+            if r:  # the first round is warm-up
+                samples[name].append((time.perf_counter_ns() - t0) / calls / 1e3)
+        torch.cuda.synchronize()
+    raw = samples[names[0]]
+    lines = [
+        f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
+        f"{reps} rounds x {calls} calls, interleaved",
+        "",
+        "| call | host us per call | over raw (median of per-round differences) |",
+        "|---|---:|---:|",
+    ]
+    for name in names:
+        diff = statistics.median(t - r for t, r in zip(samples[name], raw, strict=True))
+        lines.append(f"| {name} | {statistics.median(samples[name]):.2f} | {diff:.2f} |")
+    lines += [
+        "",
+        "Python alone (torch._scaled_mm stubbed: nothing is launched), median of batches:",
+        "",
+        "| call | host us per call |",
+        "|---|---:|",
+    ]
+    with _stub_scaled_mm(torch.empty(16, 8192, dtype=bf16, device="cuda")):
+        for name in names[1:]:
+            lines.append(f"| {name} | {_per_call_us(fns[name], 2000, 11):.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--batches", type=int, default=11)
+    p.add_argument("--baseline", metavar="REV", help="also time git revision REV's source")
+    p.add_argument("--profile", action="store_true", help="cProfile each op-layer call")
+    p.add_argument("--json", action="store_true", help="print {call: us} only")
+    p.add_argument("--out", default=None, help="also write the table as Markdown here")
+    p.add_argument("--cuda", action="store_true", help="host cost over raw _scaled_mm on a GPU")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.cuda:
+        print(_cuda_overhead(reps=31, calls=100))
+        return
+
+    rows = _rows()
+    if args.json:
+        print(json.dumps(_measure(rows, args.calls, args.batches)))
+        return
+    before = _measure_revision(args.baseline, args.calls, args.batches) if args.baseline else {}
+    now = _measure(rows, args.calls, args.batches)
+    if before:
+        header = f"| layer | call | {args.baseline} us | now us | now / before |"
+        header += "\n|---|---|---:|---:|---:|"
+        body = [
+            f"| {kind} | {name} | {before[name]:.2f} | {now[name]:.2f} | "
+            f"{now[name] / before[name]:.2f} |"
+            for kind, name, _, _ in rows
+        ]
+    else:
+        header = "| layer | call | us per call |\n|---|---|---:|"
+        body = [f"| {kind} | {name} | {now[name]:.2f} |" for kind, name, _, _ in rows]
     text = "\n".join([header, *body])
     print(text)
 
-    profiles = []
     if args.profile:
-        for kind, name, fn in rows:
+        for kind, name, fn, context in rows:
             if kind == "op":
-                profiles.append(f"### {name}\n\n```\n{_profile(fn, args.calls, 12)}\n```")
-        print("\n\n".join(profiles))
+                with context():
+                    print(f"\n### {name}\n\n```\n{_profile(fn, args.calls, 12)}\n```")
 
     if args.out:
         cpu = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+        with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
         command = "python " + " ".join(sys.argv)
+        head = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         lines = [
             "# Op-layer dispatch cost (CPU, stand-in backend)",
             "",
-            f"Command: `{command}`",
+            f"Command: `{command}` (`now`: the working tree at {head or 'an unknown commit'})",
             "",
-            f"Machine: {cpu}, {platform.system()} {platform.release()}; one torch thread; "
-            f"torch {torch.__version__}, Python {platform.python_version()}, "
-            f"portable-fp8 {fp8.__version__}.",
+            f"Machine: {cpu} ({os.cpu_count()} cores, shared), {platform.system()} "
+            f"{platform.release()}; one torch thread; torch {torch.__version__}, "
+            f"Python {platform.python_version()}, portable-fp8 {fp8.__version__}.",
             "",
             "`op` rows call `portable_fp8.ops` against a backend whose primitives return "
-            "preallocated results, so they are the op layer's own cost. `raw` rows are single "
-            "torch calls for scale. Median over batches of the per-call mean.",
+            "preallocated results, so they are the op layer's own cost. The `backend` row is "
+            "the `cuda` backend's Python around `torch._scaled_mm` (stubbed). `raw` rows are "
+            "single torch calls, for scale. Median over batches of the per-call mean.",
             "",
             text,
             "",
