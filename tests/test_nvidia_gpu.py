@@ -14,6 +14,7 @@ from portable_fp8.emulator.cast import codes_of, round_to_codes
 from portable_fp8.emulator.gemm import abs_product_sum, gemm_error_bound, reference_scaled_mm
 from portable_fp8.formats import FORMATS, element_formats
 from portable_fp8.registry import list_backends, unavailable_reason
+from portable_fp8.tensor import Fp8Tensor
 
 BACKENDS = ("cuda", "triton")
 
@@ -192,3 +193,38 @@ def test_quantize_transpose_bit_exact(backend, fmt, given_scale):
     assert torch.equal(amax.cpu(), want_amax) or (amax.isnan() and want_amax.isnan())
     if not given_scale:
         assert torch.equal(s, fp8.quantize(x.cpu(), fmt, backend="reference").scale)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gemm_on_quantize_transpose_outputs(backend):
+    """The codes, scales and transposed codes of quantize_transpose feed scaled_mm directly
+    (cuBLASLt needs aligned scale pointers, which broke once); the result equals the GEMM of
+    the same operands made by quantize."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(256, 512, device="cuda", generator=gen, dtype=torch.bfloat16)
+    w = torch.randn(384, 512, device="cuda", generator=gen, dtype=torch.bfloat16)
+    qx, qx_t, _ = fp8.quantize_transpose(x, backend=backend)
+    qw, qw_t, _ = fp8.quantize_transpose(w, backend=backend)
+    got = fp8.scaled_mm(qx, qw.t(), out_dtype=torch.float32, backend=backend)
+    want = fp8.scaled_mm(
+        fp8.quantize(x, backend=backend),
+        fp8.quantize(w, backend=backend).t(),
+        out_dtype=torch.float32,
+        backend=backend,
+    )
+    assert torch.equal(got, want)
+    # The transposed codes as operands of the transposed product W x^T, judged like every
+    # GEMM: within the declared accumulator's bound of the exact product.
+    a, b = Fp8Tensor(qw_t.data.t(), qw.scale, qw.format, qw.granularity), qx_t
+    got_t = fp8.scaled_mm(a, b, out_dtype=torch.float32, backend=backend)
+    args = (a.data.cpu(), b.data.cpu(), a.format, b.format, a.scale.cpu(), b.scale.cpu(),
+            a.granularity, b.granularity)  # fmt: skip
+    exact = reference_scaled_mm(*args, out_dtype=torch.float64)
+    bound = gemm_error_bound(
+        abs_product_sum(*args),
+        512,
+        accumulator=list_backends()[backend].capabilities.accumulator,
+        out_dtype=torch.float32,
+        exact=exact,
+    )
+    assert bool(((got_t.cpu().double() - exact).abs() <= bound).all())

@@ -215,13 +215,13 @@ class TritonCastsMixin:
                 amax_bits = self._amax_bits(x.contiguous())
             else:  # the kernel reads the bits of |amax| (sign masked)
                 amax_bits = amax.to(torch.float32).reshape(1).view(torch.int32)
-            scales = torch.empty(2, dtype=torch.float32, device=dev)  # scale, its reciprocal
-            scale = scales[0]
+            scale = torch.empty((), dtype=torch.float32, device=dev)
         else:
             amax_bits = torch.zeros(1, dtype=torch.int32, device=dev)
             scale = scale.to(torch.float32).reshape(())
-            scales = torch.empty(2, dtype=torch.float32, device=dev)
-        scale_inv = scales[1]
+        # A tensor of its own (not a view into a shared one): cuBLASLt rejects scale pointers
+        # that are not aligned (CUBLAS_STATUS_NOT_SUPPORTED, seen on the H100).
+        scale_inv = torch.empty((), dtype=torch.float32, device=dev)
         br, bc = _TRANSPOSE_TILE[:2]
         _kernels().cast_transpose_kernel[(triton_cdiv(r, br), triton_cdiv(c, bc))](
             x,
