@@ -32,7 +32,16 @@ def _ms(fn) -> float:
 
 
 def main() -> None:
+    import argparse
+
     import portable_fp8.backends.nvidia._casts as casts  # the tile constant lives here
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiles", default=None, help="e.g. 64x64x4,64x128x4 (default: six)")
+    args = p.parse_args()
+    tiles = _TILES
+    if args.tiles:
+        tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
 
     backend = fp8.get_backend("cuda")
     copy_src = torch.empty(2**28, dtype=torch.uint8, device="cuda")
@@ -56,7 +65,7 @@ def main() -> None:
         floor_us = 6 * n / copy_gbs / 1e3
         results = {}
         want = None
-        for tile in _TILES:
+        for tile in tiles:
             casts._TRANSPOSE_TILE = tile
             casts._transpose_constants.cache_clear()
             q, qt, _ = backend.quantize_transpose(

@@ -526,12 +526,22 @@ def test_compile_inductor_cpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_compile_fullgraph_cuda():
-    """On CUDA: no graph breaks, and the compiled FP8 MLP matches eager (same custom ops)."""
+    """On CUDA: no graph breaks, and the compiled FP8 MLP matches eager.
+
+    ReLU and no bias keep every step outside our ops exact, so compiled and eager run the
+    same custom ops on the same values, except that under compile the tensorwise amax comes
+    from inductor's reduction (exact too) and cuBLASLt may choose another algorithm for the
+    compiled graph's buffers (another summation order: differences of the accumulator's
+    rounding, far below one FP8 code). An FP8 code moved by one step changes a product by at
+    most 2**-2 relative (E5M2 gradients); that is the tolerance.
+    """
     import torch._dynamo
 
     torch._dynamo.reset()
     torch.manual_seed(12)
-    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256)).cuda()
+    model = nn.Sequential(
+        nn.Linear(256, 512, bias=False), nn.ReLU(), nn.Linear(512, 256, bias=False)
+    ).cuda()
     report = pn.convert(model)
     assert report.backend in ("cuda", "triton") and len(report.converted) == 2
     x = torch.randn(64, 256, device="cuda")
@@ -539,15 +549,17 @@ def test_compile_fullgraph_cuda():
     assert explain.graph_break_count == 0 and explain.graph_count == 1
     fn = torch.compile(model, fullgraph=True)
     xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
-    model(xe).square().sum().backward()
+    ye = model(xe)
+    ye.square().sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    fn(xc).square().sum().backward()
-    # Same custom ops on the same inputs; only inductor's GELU and bias add may round
-    # differently (an fp32 ulp, which can move an FP8 cast by one code: 2**-3 relative).
-    torch.testing.assert_close(xc.grad, xe.grad, rtol=2.0**-3, atol=1e-6)
-    for p, g in zip(model.parameters(), grads, strict=True):
-        torch.testing.assert_close(p.grad, g, rtol=2.0**-3, atol=1e-6)
+    yc = fn(xc)
+    yc.square().sum().backward()
+    pairs = [("y", yc, ye), ("dx", xc.grad, xe.grad)]
+    params = model.named_parameters()
+    pairs += [(f"d{n}", p.grad, g) for (n, p), g in zip(params, grads, strict=True)]
+    for name, got, want in pairs:
+        torch.testing.assert_close(got, want, rtol=2.0**-2, atol=1e-6, msg=name)
 
 
 def _triton_interpreted() -> bool:

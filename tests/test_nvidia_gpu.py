@@ -228,3 +228,20 @@ def test_gemm_on_quantize_transpose_outputs(backend):
         exact=exact,
     )
     assert bool(((got_t.cpu().double() - exact).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(64, 256), (256, 512), (100, 300)])
+def test_quantize_transpose_every_dtype_and_shape(backend, dtype, shape):
+    """The transposed codes equal the transpose of the codes for every input dtype and for
+    shapes that do and do not fill the kernel's tiles (a tile shape once left fp32 inputs'
+    transposed codes partly unwritten)."""
+    gen = torch.Generator(device="cuda").manual_seed(shape[0])
+    x = (torch.randn(shape, device="cuda", generator=gen) * 100).to(dtype)
+    for fmt in ("e4m3fn", "e5m2"):
+        q, qt, _ = fp8.quantize_transpose(x, fmt, backend=backend)
+        want = fp8.quantize(x.cpu(), fmt, backend="reference")
+        assert torch.equal(q.scale.cpu(), want.scale)
+        assert bool(_same_codes(q.data, want.data, FORMATS[fmt]).all())
+        assert bool(_same_codes(qt.data, want.data.t().contiguous(), FORMATS[fmt]).all())

@@ -434,9 +434,8 @@ def cast_transpose_kernel(
         if SCALE_FROM_AMAX:
             tl.store(scale_out_ptr, s)
         tl.store(scale_inv_out_ptr, _reciprocal(s))
-    y = _to_f32(x) * s
     code = _encode_any(
-        y,
+        _to_f32(x) * s,
         0,
         M,
         EMIN,
@@ -450,9 +449,28 @@ def cast_transpose_kernel(
         OVF_BITS,
         OVF_AT_TIE,
     )
-    code = code.to(tl.uint8)
-    tl.store(out_ptr + rows[:, None] * C + cols[None, :], code, mask=mask)
-    tl.store(out_t_ptr + cols[:, None] * R + rows[None, :], tl.trans(code), mask=tl.trans(mask))
+    tl.store(out_ptr + rows[:, None] * C + cols[None, :], code.to(tl.uint8), mask=mask)
+    # The transposed tile is read again in transposed order (from L1/L2: this program just
+    # loaded it) and encoded again, instead of transposing the codes with tl.trans, which
+    # wrote wrong codes for fp32 inputs with triton 3.6 on the H100.
+    mask_t = (cols[:, None] < C) & (rows[None, :] < R)
+    xt = tl.load(x_ptr + rows[None, :] * sxr + cols[:, None] * sxc, mask=mask_t, other=0.0)
+    code_t = _encode_any(
+        _to_f32(xt) * s,
+        0,
+        M,
+        EMIN,
+        MAX_CODE,
+        NAN_CODE,
+        OVF_CODE,
+        INF_CODE,
+        NEG_ZERO,
+        False,
+        HW,
+        OVF_BITS,
+        OVF_AT_TIE,
+    )
+    tl.store(out_t_ptr + cols[:, None] * R + rows[None, :], code_t.to(tl.uint8), mask=mask_t)
     if FUSED_AMAX:
         tl.atomic_max(amax_out_ptr, tl.max(tl.max(tl.where(mask, _abs_bits(x), 0), axis=1), axis=0))
 

@@ -76,7 +76,12 @@ def _quantize_b(bt: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg)
 
 def _amax(x: torch.Tensor, cfg: _Cfg) -> torch.Tensor:
     """max |x| (fp32, 0-d). Under torch.compile in plain torch ops, which the compiler fuses
-    into the kernel that produced ``x`` (a pass over ``x`` saved); eagerly, the backend's."""
+    into the kernel that produced ``x`` (a pass over ``x`` saved); eagerly, the backend's.
+
+    Where the compiler recomputes ``x``'s producer inside the reduction (inductor does for
+    GELU), that copy may round differently from the ``x`` it materialises; the scale then
+    comes from an amax one rounding away, and a value above it saturates (one code at most).
+    """
     if torch.compiler.is_compiling():
         return x.abs().amax().to(torch.float32)  # exact in any order; NaN propagates
     return cops.amax(x, cfg.backend)
