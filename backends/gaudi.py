@@ -85,6 +85,14 @@ _INSTALL_HINT = (
 
 
 @functools.cache
+def _undetected(caps: Capabilities) -> Capabilities:
+    """``caps`` with a note that the generation was not detected (one object per ``caps``, so
+    the op layer's capability cache, which keys on the object, keeps hitting)."""
+    note = "generation not detected (no HPU): shown as Gaudi3; Gaudi2 has e4m3_gaudi2"
+    return Capabilities(**{**vars(caps), "notes": (note, *caps.notes)})
+
+
+@functools.cache
 def gaudi_capabilities(
     generation: Generation, *, device_type: str = "hpu", sr_mode: SrMode = "explicit_bits"
 ) -> Capabilities:
@@ -281,10 +289,7 @@ class GaudiBackend(Backend):
         caps = gaudi_capabilities(
             generation or "gaudi3", device_type=self.bridge.device_type, sr_mode=self.sr_mode
         )
-        if generation is None:
-            note = "generation not detected (no HPU): shown as Gaudi3; Gaudi2 has e4m3_gaudi2"
-            caps = Capabilities(**{**vars(caps), "notes": (note, *caps.notes)})
-        return caps
+        return caps if generation is not None else _undetected(caps)
 
     @property
     def scale_choices(self) -> tuple[float, ...] | None:
