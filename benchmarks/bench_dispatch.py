@@ -12,9 +12,10 @@ op-layer call.
 
 ``--cuda`` instead measures, on a GPU, what the issue's target is about: host time per call
 of ``portable_fp8.scaled_mm`` (tensorwise, 16x8192x8192, ``cuda`` backend) against raw
-``torch._scaled_mm`` on the same operands, while the GPU is kept busy (``torch.cuda._sleep``)
-so that no kernel time is in it; the calls are interleaved batch by batch, and the overhead is
-the median of the per-batch differences.
+``torch._scaled_mm`` on the same operands, and of ``quantize_transpose`` through each layer
+(backend, op API, the custom op the FP8 Linear calls), while the GPU is kept busy
+(``torch.cuda._sleep``) so that no kernel time is in it; the calls are interleaved batch by
+batch, and the overhead is the median of the per-batch differences.
 
     python benchmarks/bench_dispatch.py [--baseline REV] [--out FILE.md] [--profile]
     python benchmarks/bench_dispatch.py --cuda
@@ -203,16 +204,54 @@ def _measure_revision(rev: str, calls: int, batches: int) -> dict[str, float]:
     return json.loads(done.stdout)
 
 
+def _interleaved_host_us(fns: dict, reps: int, calls: int) -> dict[str, list[float]]:
+    """Host us per call of each function, one sample per round, while the GPU spins.
+
+    Rounds rotate the order (no position bias); the first round is warm-up.
+    """
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps + 1):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of spinning: longer than the host's loop
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn = fns[name]
+            t0 = time.perf_counter_ns()
+            for _ in range(calls):
+                fn()
+            if r:
+                samples[name].append((time.perf_counter_ns() - t0) / calls / 1e3)
+        torch.cuda.synchronize()
+    return samples
+
+
+def _host_table(samples: dict[str, list[float]]) -> list[str]:
+    """Median host us per call and the median per-round difference to the first row."""
+    first = next(iter(samples.values()))
+    lines = [
+        f"| call | host us per call | over `{next(iter(samples))}` |",
+        "|---|---:|---:|",
+    ]
+    for name, times in samples.items():
+        diff = statistics.median(t - f for t, f in zip(times, first, strict=True))
+        lines.append(f"| {name} | {statistics.median(times):.2f} | {diff:.2f} |")
+    return lines
+
+
 def _cuda_overhead(reps: int, calls: int) -> str:
-    """Host us per call of the GEMM through each layer vs raw torch._scaled_mm (GPU busy)."""
+    """Host us per call through each layer, GPU busy: the GEMM (16x8192x8192) against raw
+    torch._scaled_mm, and quantize_transpose (4096x4096 bf16) against the backend's method."""
     from portable_fp8.backends.nvidia._casts import scale_inv_of
+
+    from portable_fp8.nn import _custom_ops as cops
 
     cuda_be = fp8.get_backend("cuda")
     a = ops.quantize(torch.randn(16, 8192, device="cuda"), backend="cuda")
     b = ops.quantize(torch.randn(8192, 8192, device="cuda"), backend="cuda").t()
     sa, sb = scale_inv_of(a), scale_inv_of(b)
     bf16 = torch.bfloat16
-    fns = {
+    gemms = {
         "raw torch._scaled_mm": lambda: torch._scaled_mm(
             a.data, b.data, sa, sb, out_dtype=bf16, use_fast_accum=cuda_be.fast_accum
         ),
@@ -221,32 +260,45 @@ def _cuda_overhead(reps: int, calls: int) -> str:
         ),
         "fp8.scaled_mm, backend='cuda'": lambda: fp8.scaled_mm(a, b, backend="cuda"),
         "fp8.scaled_mm (by device)": lambda: fp8.scaled_mm(a, b),
+        "custom op scaled_mm (FP8 Linear)": lambda: cops.scaled_mm(
+            a.data,
+            a.scale,
+            "e4m3fn",
+            "tensorwise",
+            b.data,
+            b.scale,
+            "e4m3fn",
+            "tensorwise",
+            bf16,
+            "cuda",
+        ),  # fmt: skip
     }
-    names = list(fns)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(reps + 1):
-        torch.cuda.synchronize()
-        torch.cuda._sleep(200_000_000)  # ~0.1 s of spinning: longer than the host's loop
-        for name in names[r % 4 :] + names[: r % 4]:  # rotate the order: no position bias
-            fn = fns[name]
-            t0 = time.perf_counter_ns()
-            for _ in range(calls):
-                fn()
-            if r:  # the first round is warm-up
-                samples[name].append((time.perf_counter_ns() - t0) / calls / 1e3)
-        torch.cuda.synchronize()
-    raw = samples[names[0]]
+    x = torch.randn(4096, 4096, device="cuda", dtype=bf16)
+    amax = x.abs().amax().float()
+    casts = {
+        "cuda backend .quantize_transpose, given amax": lambda: cuda_be.quantize_transpose(
+            x, E4M3FN, None, amax, margin=0, power_of_two=False, saturate=True
+        ),
+        "cuda backend .quantize_transpose (amax pass)": lambda: cuda_be.quantize_transpose(
+            x, E4M3FN, None, None, margin=0, power_of_two=False, saturate=True
+        ),
+        "fp8.quantize_transpose, given amax": lambda: fp8.quantize_transpose(
+            x, amax=amax, backend="cuda"
+        ),
+        "custom op quantize_transpose, given amax (FP8 Linear)": lambda: cops.quantize_transpose(
+            x, "e4m3fn", None, amax, 0, False, "cuda"
+        ),
+    }
+    gemm_samples = _interleaved_host_us(gemms, reps, calls)
+    cast_samples = _interleaved_host_us(casts, reps, calls)
     lines = [
         f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; "
-        f"{reps} rounds x {calls} calls, interleaved",
+        f"{reps} rounds x {calls} calls, interleaved; differences are medians of per-round "
+        "differences",
         "",
-        "| call | host us per call | over raw (median of per-round differences) |",
-        "|---|---:|---:|",
-    ]
-    for name in names:
-        diff = statistics.median(t - r for t, r in zip(samples[name], raw, strict=True))
-        lines.append(f"| {name} | {statistics.median(samples[name]):.2f} | {diff:.2f} |")
-    lines += [
+        *_host_table(gemm_samples),
+        "",
+        *_host_table(cast_samples),
         "",
         "Python alone (torch._scaled_mm stubbed: nothing is launched), median of batches:",
         "",
@@ -254,8 +306,8 @@ def _cuda_overhead(reps: int, calls: int) -> str:
         "|---|---:|",
     ]
     with _stub_scaled_mm(torch.empty(16, 8192, dtype=bf16, device="cuda")):
-        for name in names[1:]:
-            lines.append(f"| {name} | {_per_call_us(fns[name], 2000, 11):.2f} |")
+        for name in list(gemms)[1:]:
+            lines.append(f"| {name} | {_per_call_us(gemms[name], 2000, 11):.2f} |")
     return "\n".join(lines)
 
 
