@@ -94,6 +94,12 @@ _CHECKED: dict[tuple, tuple[Backend, Capabilities]] = {}
 _CHECKED_MAX = 4096
 
 
+def _already_checked(key: tuple, backend: Backend) -> bool:
+    """Whether the checks of ``key`` passed for ``backend``'s current capabilities object."""
+    hit = _CHECKED.get(key)
+    return hit is not None and hit[1] is backend.capabilities
+
+
 def _remember_checked(key: tuple, backend: Backend) -> None:
     if len(_CHECKED) >= _CHECKED_MAX:
         _CHECKED.clear()
@@ -190,8 +196,7 @@ def _check_cast_support(
     """Raise NotSupportedError unless ``backend`` declares this cast (cached when it does)."""
     gran = None if granularity is None else granularity.name
     key = (id(backend), device, fmt.name, bool(saturate), rounding, gran)
-    hit = _CHECKED.get(key)
-    if hit is not None and hit[1] is backend.capabilities:
+    if _already_checked(key, backend):
         return
     caps = backend.capabilities
     _require_device(backend, device)
@@ -206,8 +211,7 @@ def _check_cast_support(
 def _check_decode_support(backend: Backend, device: str, fmt: Format) -> None:
     """Raise NotSupportedError unless ``backend`` declares casts from ``fmt`` (cached)."""
     key = (id(backend), device, fmt.name, "decode")
-    hit = _CHECKED.get(key)
-    if hit is not None and hit[1] is backend.capabilities:
+    if _already_checked(key, backend):
         return
     _require_device(backend, device)
     _require(backend, fmt.name in backend.capabilities.cast_formats, f"casts from {fmt.name}")
@@ -218,7 +222,7 @@ def _check_gemm_support(backend: Backend, key: tuple) -> None:
     """Raise NotSupportedError unless ``backend`` declares the GEMM of ``key``, else remember it.
 
     ``key``: (id(backend), device, A format, B format, A granularity, B granularity, out
-    dtype, bias given, c given), as :func:`scaled_mm` probes ``_CHECKED`` with it.
+    dtype, bias given, c given), as :func:`scaled_mm` builds it.
     """
     _, device, fa, fb, ga, gb, out_dtype, bias, c = key
     caps = backend.capabilities
@@ -471,11 +475,9 @@ def scaled_mm(
         bias is not None,
         c is not None,
     )
-    caps = chosen.capabilities
-    hit = _CHECKED.get(key)
-    if hit is None or hit[1] is not caps:
+    if not _already_checked(key, chosen):
         _check_gemm_support(chosen, key)
-    mult = caps.gemm_dim_multiple
+    mult = chosen.capabilities.gemm_dim_multiple
     if mult > 1 and (k % mult or n % mult):
         raise Fp8ValueError(
             f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"

@@ -186,12 +186,9 @@ def use_backend(name: str) -> Iterator[Backend]:
 def select_backend(name: str | None = None, device: str | None = None) -> Backend:
     """The backend for one call: ``name`` > use_backend > $PORTABLE_FP8_BACKEND > by device."""
     chosen = name or _current.get() or _env_choice() or None
-    state = _state or _registry()
     if chosen:
-        backend = state.backends.get(chosen)
-        if backend is not None and state.unavailable.get(backend.name, "") is None:
-            return backend  # what get_backend returns, without its calls
         return get_backend(chosen)
+    state = _registry()
     device_type = device or "cpu"
     cached = state.by_device.get(device_type)
     if cached is not None:
