@@ -180,9 +180,8 @@ class Backend:
         """Tensorwise codes of the 2-D ``x`` and of ``x.T`` (contiguous) with one scale.
 
         ``scale=None``: current scaling, from ``amax`` if given (fp32 0-d, ``max |x|``; its
-        sign is ignored), else
-        from this tensor's amax. Override to fuse the amax, the cast and the transposed store
-        into fewer passes.
+        sign is ignored), else from this tensor's amax. Override to fuse the amax, the cast
+        and the transposed store into fewer passes.
         """
         amax = self.amax(x, TENSORWISE) if amax is None else amax.abs()
         if scale is None:

@@ -222,8 +222,9 @@ class TritonCastsMixin:
         # A tensor of its own (not a view into a shared one): cuBLASLt rejects scale pointers
         # that are not aligned (CUBLAS_STATUS_NOT_SUPPORTED, seen on the H100).
         scale_inv = torch.empty((), dtype=torch.float32, device=dev)
-        br, bc = _TRANSPOSE_TILE[:2]
-        _kernels().cast_transpose_kernel[(triton_cdiv(r, br), triton_cdiv(c, bc))](
+        consts = _transpose_constants(fmt, saturate, margin, power_of_two, from_amax)
+        grid = (triton_cdiv(r, consts["BLOCK_R"]), triton_cdiv(c, consts["BLOCK_C"]))
+        _kernels().cast_transpose_kernel[grid](
             x,
             scale,
             out,
@@ -236,7 +237,7 @@ class TritonCastsMixin:
             c,
             x.stride(0),
             x.stride(1),
-            **_transpose_constants(fmt, saturate, margin, power_of_two, from_amax),
+            **consts,
         )
         remember_scale_inv(scale, scale_inv)
         amax = amax_bits.view(torch.float32).reshape(())
