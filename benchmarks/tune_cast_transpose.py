@@ -44,7 +44,7 @@ def main() -> None:
         tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",")]
 
     backend = fp8.get_backend("cuda")
-    copy_src = torch.empty(2**28, dtype=torch.uint8, device="cuda")
+    copy_src = torch.randint(0, 256, (2**28,), dtype=torch.uint8, device="cuda")
     copy_dst = torch.empty_like(copy_src)
     copy_gbs = 2 * copy_src.numel() / _ms(lambda: copy_dst.copy_(copy_src)) / 1e6
     print(f"device copy bandwidth: {copy_gbs:.0f} GB/s (read + write)")
@@ -69,7 +69,7 @@ def main() -> None:
             casts._TRANSPOSE_TILE = tile
             casts._transpose_constants.cache_clear()
             q, qt, _ = backend.quantize_transpose(
-                x, E4M3FN, None, margin=0, power_of_two=False, saturate=True
+                x, E4M3FN, None, None, margin=0, power_of_two=False, saturate=True
             )
             got = (q.data.view(torch.uint8), qt.data.view(torch.uint8))
             if want is None:
@@ -78,7 +78,7 @@ def main() -> None:
             assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), tile
             results[f"tile {tile}"] = _ms(
                 lambda x=x: backend.quantize_transpose(
-                    x, E4M3FN, None, margin=0, power_of_two=False, saturate=True
+                    x, E4M3FN, None, None, margin=0, power_of_two=False, saturate=True
                 )
             )
 
