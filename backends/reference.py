@@ -29,15 +29,24 @@ class ReferenceBackend(Backend):
     name = "reference"
     priority = 0
 
-    def __init__(self, accumulator: AccumulatorModel | None = None) -> None:
+    def __init__(
+        self,
+        accumulator: AccumulatorModel | None = None,
+        fast_accumulator: AccumulatorModel | None = None,
+    ) -> None:
+        """``accumulator``: the GEMM accumulator emulated (None: the exact sum);
+        ``fast_accumulator``: the one emulated for ``fast_accum=True`` GEMMs (None: declare
+        no fast mode). Both model another device's numerics on the CPU."""
         names = [f.name for f in element_formats()]
         self.accumulator = accumulator
+        self.fast_accumulator = fast_accumulator
         self.capabilities = Capabilities(
             devices=frozenset({"cpu"}),
             cast_formats=frozenset(FORMATS),
             gemm_formats=frozenset((a, b) for a in names for b in names),
             granularities=frozenset(GRANULARITIES),
             accumulator=accumulator,
+            fast_accumulator=fast_accumulator,
             notes=("the numerics contract executed on the CPU; exact-sum GEMM",),
         )
 
@@ -50,7 +59,7 @@ class ReferenceBackend(Backend):
         values = codes_to_float(codes_of(q), fmt)
         return (values * granularity.per_element(scale_inv, q.shape)).to(out_dtype)
 
-    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c):
+    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c, fast_accum=False):
         return reference_scaled_mm(
             a.data,
             b.data,
@@ -63,7 +72,7 @@ class ReferenceBackend(Backend):
             out_dtype=out_dtype,
             bias=bias,
             c=c,
-            accumulator=self.accumulator,
+            accumulator=self.fast_accumulator if fast_accum else self.accumulator,
         )
 
 

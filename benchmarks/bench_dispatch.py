@@ -270,6 +270,7 @@ def _cuda_overhead(reps: int, calls: int) -> str:
             "e4m3fn",
             "tensorwise",
             bf16,
+            False,
             "cuda",
         ),  # fmt: skip
     }

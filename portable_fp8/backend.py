@@ -41,6 +41,9 @@ class Capabilities:
 
     ``accumulator`` is the GEMM accumulator the backend claims (None: exact, as the
     reference); the conformance suite judges its GEMMs with the bound that model implies.
+    ``fast_accumulator`` is the narrower accumulator it may use for a GEMM asked for with
+    ``fast_accum=True`` (None: it has no faster mode and runs ``accumulator`` for those too);
+    the suite judges such GEMMs with that model's bound.
     ``gemm_dim_multiple`` is the multiple that K and N must be (1: any).
     """
 
@@ -53,6 +56,7 @@ class Capabilities:
     non_saturating: bool = True
     out_dtypes: frozenset[torch.dtype] = _FLOAT_OUTS
     accumulator: AccumulatorModel | None = None
+    fast_accumulator: AccumulatorModel | None = None
     gemm_bias: bool = True
     gemm_accumulate: bool = True
     gemm_dim_multiple: int = 1
@@ -60,7 +64,7 @@ class Capabilities:
 
     def as_dict(self) -> dict:
         """A JSON-friendly description (for `portable-fp8 backends` and reports)."""
-        acc = self.accumulator
+        acc, fast = self.accumulator, self.fast_accumulator
         return {
             "devices": sorted(self.devices),
             "cast_formats": sorted(self.cast_formats),
@@ -71,6 +75,7 @@ class Capabilities:
             "non_saturating": self.non_saturating,
             "out_dtypes": sorted(str(d).removeprefix("torch.") for d in self.out_dtypes),
             "accumulator": "exact" if acc is None else vars(acc),
+            "fast_accumulator": None if fast is None else vars(fast),
             "gemm_bias": self.gemm_bias,
             "gemm_accumulate": self.gemm_accumulate,
             "gemm_dim_multiple": self.gemm_dim_multiple,
@@ -199,7 +204,12 @@ class Backend:
         bias: torch.Tensor | None,
         c: torch.Tensor | None,
     ) -> torch.Tensor:
-        """``out_dtype((a) @ (b) + bias + c)`` of the dequantised operands (a: MxK, b: KxN)."""
+        """``out_dtype((a) @ (b) + bias + c)`` of the dequantised operands (a: MxK, b: KxN).
+
+        A backend that declares ``capabilities.fast_accumulator`` also takes the keyword
+        ``fast_accum: bool`` (True: accumulate with that model); the op layer passes it to no
+        other backend.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -418,6 +418,7 @@ def scaled_mm(
     out_dtype: torch.dtype = torch.bfloat16,
     bias: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
+    fast_accum: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """``out_dtype(A @ B + bias + c)`` for quantised ``a`` (M x K) and ``b`` (K x N).
@@ -427,6 +428,10 @@ def scaled_mm(
     granularity pairs (A, B): tensorwise x tensorwise, rowwise x columnwise,
     block_1x128 x block_128x128 and mx_1x32 x mx_32x1, as the backend declares.
     ``bias`` has shape (N,), ``c`` (M, N); both must be floating point.
+
+    ``fast_accum=True`` lets the backend use its declared ``capabilities.fast_accumulator``
+    (on Hopper: about 14 bits, never promoted to fp32; faster, less accurate for large K).
+    A backend that declares none runs its ``accumulator``, which is at least as accurate.
     """
     if not (
         a.__class__ is Fp8Tensor
@@ -482,6 +487,8 @@ def scaled_mm(
         raise Fp8ValueError(
             f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"
         )
+    if fast_accum and chosen.capabilities.fast_accumulator is not None:
+        return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=True)
     return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
 
 

@@ -16,7 +16,11 @@ from portable_fp8.backends.reference import ReferenceBackend
 from portable_fp8.conformance import Verdict, run_suite
 
 from portable_fp8.emulator.cast import as_fp8_tensor, codes_of, round_to_codes, scaled_fp32
-from portable_fp8.emulator.gemm import FP32_ACCUMULATOR, AccumulatorModel
+from portable_fp8.emulator.gemm import (
+    FP32_ACCUMULATOR,
+    HOPPER_FAST_ACCUMULATOR,
+    AccumulatorModel,
+)
 from portable_fp8.formats import Format
 from portable_fp8.granularity import as_2d_shape
 
@@ -109,12 +113,24 @@ class NarrowAccumulator(ReferenceBackend):
         self.capabilities = dataclasses.replace(self.capabilities, accumulator=FP32_ACCUMULATOR)
 
 
+class FastTooNarrow(ReferenceBackend):
+    """Declares Hopper's fast accumulator but, for fast_accum GEMMs, keeps 5 bits only."""
+
+    name = "mutant-fast5"
+
+    def __init__(self) -> None:
+        super().__init__(fast_accumulator=AccumulatorModel(5, "truncate", 1))
+        self.capabilities = dataclasses.replace(
+            self.capabilities, fast_accumulator=HOPPER_FAST_ACCUMULATOR
+        )
+
+
 class IgnoresBias(ReferenceBackend):
     """A GEMM that drops the bias."""
 
     name = "mutant-nobias"
 
-    def scaled_mm(self, a, b, *, out_dtype, bias, c):
+    def scaled_mm(self, a, b, *, out_dtype, bias, c, fast_accum=False):
         return super().scaled_mm(a, b, out_dtype=out_dtype, bias=None, c=c)
 
 
@@ -152,6 +168,10 @@ MUTANTS = {
     NarrowAccumulator: (
         ["gemm/e4m3fnxe4m3fn/tensorwisextensorwise/32x2048x32/nn/out=float32/positive"],
         ["cast/*", "quantize/*", "gemm/*/1x1x1/*"],
+    ),
+    FastTooNarrow: (
+        ["gemm/*/32x256x32/nn/out=float32/fast-accum/randn", "gemm/*/fast-accum/positive"],
+        ["gemm/*/out=float32/randn", "gemm/*/out=float32/positive", "cast/*"],
     ),
     IgnoresBias: (
         [
@@ -196,3 +216,20 @@ def test_builtin_backends_pass_quick_profile(name):
     counts = report.counts()
     assert counts["passed"] > 500
     assert counts["not supported"] == 0  # both declare everything
+
+
+def test_fast_accumulator_modelled_on_the_reference_passes_its_own_cases():
+    """The reference emulating Hopper's fast accumulator: fast_accum cases run (and pass)
+    under that model's bound, and are visibly less exact than the exact default."""
+    backend = ReferenceBackend(fast_accumulator=HOPPER_FAST_ACCUMULATOR)
+    report = run_suite(
+        backend, profile="quick", progress=False, fingerprint=False, select="gemm/*"
+    )
+    assert report.ok, [(r.id, r.result.detail) for r in report.failed][:3]
+    by_id = {r.id: r.result for r in report.records}
+    fast = [i for i in by_id if "/fast-accum/" in i]
+    assert len(fast) >= 10 and all(by_id[i].verdict is Verdict.PASSED for i in fast)
+    case = "gemm/e4m3fnxe4m3fn/tensorwisextensorwise/32x2048x32/nn/out=float32/"
+    # 13 truncated bits over K = 2048 against the exact sum rounded once to fp32 (2**-24).
+    assert by_id[case + "fast-accum/randn"].extra["rel_err"] > 2.0**-16
+    assert by_id[case + "randn"].extra["rel_err"] < 2.0**-22

@@ -80,3 +80,25 @@ def test_tensorwise_with_bias_and_c(cuda_backend):
         + c
     )
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("fast_accum", [False, True])
+@pytest.mark.parametrize("shape", [(16, 64, 32), (16, 40, 24)])  # fast path; padded K and N
+def test_fast_accum_reaches_torch_scaled_mm(cuda_backend, monkeypatch, fast_accum, shape):
+    m, k, n = shape
+    flags = []
+    original = torch._scaled_mm
+
+    def recording(*args, **kwargs):
+        flags.append(kwargs["use_fast_accum"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", recording)
+    qa, qb = _codes(m, k, seed=4), _codes(n, k, seed=5).t()
+    a = Fp8Tensor(qa, torch.tensor(2.0), E4M3FN, TENSORWISE)
+    b = Fp8Tensor(qb, torch.tensor(0.5), E4M3FN, TENSORWISE)
+    kw = {"fast_accum": True} if fast_accum else {}
+    cuda_backend.scaled_mm(a, b, out_dtype=torch.bfloat16, bias=None, c=None, **kw)
+    assert flags == [fast_accum]
+    caps = cuda_backend.capabilities
+    assert caps.fast_accumulator is not None and caps.fast_accumulator != caps.accumulator

@@ -172,6 +172,43 @@ def test_gemm_within_declared_bound(backend, pair, shape, out_dtype):
     assert bool((err <= bound).all()), float((err / bound).max())
 
 
+@pytest.mark.parametrize("pair", [("tensorwise", "tensorwise"), ("rowwise", "columnwise")])
+def test_fast_accum_is_cublaslt_fast_accumulation_within_its_bound(pair):
+    """cuda with fast_accum=True: bit-identical to torch._scaled_mm(use_fast_accum=True) on
+    the same codes and dequant scales, and within the declared fast accumulator's bound."""
+    from portable_fp8.backends.nvidia._casts import scale_inv_of
+
+    m, k, n = 256, 8192, 256  # large K: where the fast accumulator's error shows
+    gen = torch.Generator().manual_seed(k)
+    a, b = torch.rand(m, k, generator=gen), torch.rand(n, k, generator=gen)  # positive
+    qa = fp8.quantize(a.cuda(), "e4m3fn", granularity=pair[0], backend="cuda")
+    qbt = fp8.quantize(b.cuda(), "e4m3fn", granularity=pair[0], backend="cuda")
+    qb = Fp8Tensor(qbt.data.t(), qbt.scale.t(), qbt.format, qbt.granularity.transposed())
+    got = fp8.scaled_mm(qa, qb, out_dtype=torch.float32, fast_accum=True, backend="cuda")
+    precise = fp8.scaled_mm(qa, qb, out_dtype=torch.float32, backend="cuda")
+    sa, sb = scale_inv_of(qa), scale_inv_of(qb)
+    if pair[0] == "rowwise":
+        sa, sb = sa.reshape(m, 1), sb.reshape(1, n)
+    raw = torch._scaled_mm(qa.data, qb.data, sa, sb, out_dtype=torch.float32, use_fast_accum=True)
+    assert torch.equal(got, raw)
+    args = (qa.data.cpu(), qb.data.cpu(), qa.format, qb.format, qa.scale.cpu(), qb.scale.cpu(),
+            qa.granularity, qb.granularity)  # fmt: skip
+    exact = reference_scaled_mm(*args, out_dtype=torch.float64)
+    caps = list_backends()["cuda"].capabilities
+    bound = gemm_error_bound(
+        abs_product_sum(*args), k, accumulator=caps.fast_accumulator, out_dtype=torch.float32,
+        exact=exact,
+    )  # fmt: skip
+    err = (got.cpu().double() - exact).abs()
+    assert bool((err <= bound).all()), float((err / bound).max())
+    # The flag changes the accumulation: without promotion the sum of 8192 positive
+    # products loses more than with fp32 promotion every 128.
+    fast_rel = float((err / exact.abs()).max())
+    precise_rel = float(((precise.cpu().double() - exact).abs() / exact.abs()).max())
+    print(f"{pair}: max relative error fast {fast_rel:.3g}, precise {precise_rel:.3g}")
+    assert fast_rel > precise_rel
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fmt", ["e4m3fn", "e5m2", "e4m3fnuz"])
 @pytest.mark.parametrize("given_scale", [False, True])

@@ -397,3 +397,45 @@ def test_fuzz_scaled_mm(m, k, n, pair, formats, out_dtype, with_bias, with_c, se
     bound = gemm_error_bound(s, k, accumulator=FP32_ACCUMULATOR, out_dtype=out_dtype,
                              exact=ref.double(), addends=addends)  # fmt: skip
     assert ((ref.double() - cpu.double()).abs() <= 2 * bound).all()
+
+
+# -- fast accumulation ----------------------------------------------------------------------
+
+
+def test_fast_accum_reaches_only_a_backend_that_declares_a_fast_accumulator(monkeypatch):
+    from portable_fp8.emulator.gemm import AccumulatorModel, reference_scaled_mm
+
+    backend = fp8.get_backend("reference")
+    seen = []
+    original = backend.scaled_mm
+
+    def recording(a, b, **kw):
+        seen.append(kw.get("fast_accum", "not passed"))
+        return original(a, b, **kw)
+
+    monkeypatch.setattr(backend, "scaled_mm", recording)
+    gen = torch.Generator().manual_seed(5)
+    qa = fp8.quantize(torch.randn(8, 512, generator=gen), "e4m3fn", backend="reference")
+    qb = fp8.quantize(torch.randn(512, 8, generator=gen), "e4m3fn", backend="reference")
+
+    def mm(**kw):
+        return fp8.scaled_mm(qa, qb, out_dtype=torch.float32, backend="reference", **kw)
+
+    exact = mm()
+    # No fast accumulator declared: the request is not passed on; the result is the default.
+    assert torch.equal(mm(fast_accum=True), exact)
+    assert seen == ["not passed", "not passed"]
+
+    narrow = AccumulatorModel(4, "truncate", 1)  # 5 significant bits: visibly different
+    monkeypatch.setattr(backend, "fast_accumulator", narrow)
+    monkeypatch.setattr(
+        backend, "capabilities", dataclasses.replace(backend.capabilities, fast_accumulator=narrow)
+    )
+    fast = mm(fast_accum=True)
+    assert seen[-1] is True
+    want = reference_scaled_mm(
+        qa.data, qb.data, qa.format, qb.format, qa.scale, qb.scale, qa.granularity,
+        qb.granularity, out_dtype=torch.float32, accumulator=narrow,
+    )  # fmt: skip
+    assert torch.equal(fast, want) and not torch.equal(fast, exact)
+    assert torch.equal(mm(), exact) and seen[-1] == "not passed"  # default stays the default

@@ -10,14 +10,18 @@ product and rounded once to the output dtype (cuBLASLt is then asked for fp32 ou
 1x128 x 128x128 GEMMs go to cuBLASLt where the installed torch and CUDA accept them (probed
 once on a small problem and checked against the Triton kernel) and K is a multiple of 128
 and N of 16, else to the Triton kernel (same declared accumulator); :meth:`describe` says
-which path the probe chose. Accumulation: ``use_fast_accum=False`` unless
-``PORTABLE_FP8_CUDA_FAST_ACCUM=1``; the declared accumulator (Hopper tensor-core partial sums
-promoted to fp32 every 128 of K) covers both the cuBLASLt and the Triton paths.
+which path the probe chose. Accumulation: ``use_fast_accum=False`` (the declared
+accumulator: Hopper tensor-core partial sums promoted to fp32 every 128 of K, which covers
+both the cuBLASLt and the Triton paths), ``use_fast_accum=True`` for a GEMM asked for with
+``fast_accum=True`` (the declared fast accumulator: about 14 bits, never promoted; blockwise
+GEMMs keep their promotion, which the fast model's bound also covers), and for every GEMM
+when ``PORTABLE_FP8_CUDA_FAST_ACCUM=1`` (then the declared accumulator is the fast one).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -62,10 +66,12 @@ class CudaBackend(NvidiaBackend):
                 "casts: Triton kernels with integer round-to-nearest-even / stochastic rounding",
             ),
         )
-        if self.fast_accum:
-            from dataclasses import replace
-
-            self.capabilities = replace(self.capabilities, accumulator=HOPPER_FAST_ACCUMULATOR)
+        caps = self.capabilities
+        self.capabilities = replace(
+            caps,
+            accumulator=HOPPER_FAST_ACCUMULATOR if self.fast_accum else caps.accumulator,
+            fast_accumulator=HOPPER_FAST_ACCUMULATOR,
+        )
         self._blockwise: str | None = None  # "cublas", "triton", or None (not probed yet)
         self._blockwise_error = ""
 
@@ -87,7 +93,9 @@ class CudaBackend(NvidiaBackend):
         out_dtype: torch.dtype,
         bias: torch.Tensor | None,
         c: torch.Tensor | None,
+        fast_accum: bool = False,
     ) -> torch.Tensor:
+        fast = fast_accum or self.fast_accum
         sa, sb = scale_inv_of(a), scale_inv_of(b)
         direct = bias is None and c is None
         if direct and a.granularity is TENSORWISE and b.granularity is TENSORWISE:
@@ -102,10 +110,8 @@ class CudaBackend(NvidiaBackend):
                 and b_cols >= k
                 and not (k % 16 or n % 16 or sa.dim() or sb.dim())
             ):
-                return torch._scaled_mm(
-                    qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=self.fast_accum
-                )
-            return self._cublas(qa, qb, sa, sb, _TENSORWISE, out_dtype)
+                return torch._scaled_mm(qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=fast)
+            return self._cublas(qa, qb, sa, sb, _TENSORWISE, out_dtype, fast)
         mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]  # str keys hash fast
         if mode == _BLOCKWISE:
             k, n = a.shape[1], b.shape[1]
@@ -113,7 +119,7 @@ class CudaBackend(NvidiaBackend):
             if k % 128 == 0 and n % 16 == 0 and self._blockwise_path(a.device) == "cublas":
                 try:
                     od = out_dtype if direct else torch.float32
-                    out = self._cublas(a.data, b.data, sa, sb, mode, od)
+                    out = self._cublas(a.data, b.data, sa, sb, mode, od, False)
                 except RuntimeError as exc:  # a shape this cuBLASLt rejects: Triton below
                     self._blockwise_error = f"{type(exc).__name__}: {str(exc)[:200]}"
             if out is None:
@@ -124,7 +130,8 @@ class CudaBackend(NvidiaBackend):
                     a, b, sa, sb, mode, out_dtype=out_dtype, bias=bias, c=c
                 )
         else:
-            out = self._cublas(a.data, b.data, sa, sb, mode, out_dtype if direct else torch.float32)
+            od = out_dtype if direct else torch.float32
+            out = self._cublas(a.data, b.data, sa, sb, mode, od, fast)
         if direct:
             return out
         if bias is not None:
@@ -133,7 +140,9 @@ class CudaBackend(NvidiaBackend):
             out = out + c.to(torch.float32)
         return out.to(out_dtype)
 
-    def _cublas(self, qa, qb, sa, sb, mode, out_dtype):
+    def _cublas(self, qa, qb, sa, sb, mode, out_dtype, fast: bool):
+        """torch._scaled_mm in cuBLASLt's layouts (copies and padding as the module says);
+        ``fast``: use_fast_accum (ignored for blockwise scaling, which keeps its promotion)."""
         m, k = qa.shape
         n = qb.shape[1]
         a_rows, a_cols = qa.stride()
@@ -146,9 +155,7 @@ class CudaBackend(NvidiaBackend):
         if mode == _TENSORWISE and not (kpad or npad):  # the common case, kept short
             if sa.dim() or sb.dim():
                 sa, sb = sa.reshape(()), sb.reshape(())
-            return torch._scaled_mm(
-                qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=self.fast_accum
-            )
+            return torch._scaled_mm(qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=fast)
         if kpad:
             qa = _pad_to(qa, 1, 16)
             qb = _pad_to(qb.t(), 1, 16).t()
@@ -174,7 +181,7 @@ class CudaBackend(NvidiaBackend):
             sa,
             sb,
             out_dtype=out_dtype,
-            use_fast_accum=self.fast_accum and mode != _BLOCKWISE,
+            use_fast_accum=fast and mode != _BLOCKWISE,
         )
         return out[:, :n] if npad else out
 
@@ -215,7 +222,7 @@ class CudaBackend(NvidiaBackend):
         for layout in ("as_is", "outer"):
             self._b_layout = layout
             try:
-                got = self._cublas(a.data, b.data, sa, sb, _BLOCKWISE, torch.float32)
+                got = self._cublas(a.data, b.data, sa, sb, _BLOCKWISE, torch.float32, False)
             except Exception as exc:  # unsupported on this torch/CUDA/device
                 errors.append(f"{layout}: {type(exc).__name__}: {str(exc)[:200]}")
                 continue

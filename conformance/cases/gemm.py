@@ -64,10 +64,13 @@ class GemmSpec:
     bias: bool = False
     c: bool = False
     data: str = "randn"
+    #: Asked for with fast_accum=True, which the op layer passes on only to a backend that
+    #: declares a fast accumulator (judged by it); any other runs (and is judged by) its own.
+    fast_accum: bool = False
 
     @property
     def id(self) -> str:
-        extra = "/bias" * self.bias + "/c" * self.c
+        extra = "/bias" * self.bias + "/c" * self.c + "/fast-accum" * self.fast_accum
         return (
             f"gemm/{self.fa}x{self.fb}/{self.ga}x{self.gb}/{self.m}x{self.k}x{self.n}/"
             f"{self.layout}/out={_OUT_NAMES[self.out]}{extra}/{self.data}"
@@ -85,6 +88,8 @@ class GemmSpec:
             parts.append("bias (N,)")
         if self.c:
             parts.append("accumulate into C (M, N)")
+        if self.fast_accum:
+            parts.append("fast_accum=True (the declared fast accumulator, if any)")
         return "; ".join(parts)
 
 
@@ -200,12 +205,15 @@ def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
     a, b = _operand(spec, "a", g), _operand(spec, "b", g)
     bias = torch.randn(spec.n, generator=g).to(spec.out) if spec.bias else None
     c = torch.randn(spec.m, spec.n, generator=g).mul(4).to(spec.out) if spec.c else None
+    caps = env.backend.capabilities
+    fast = spec.fast_accum and caps.fast_accumulator is not None  # as the op layer decides
     got = env.backend.scaled_mm(
         _on_device(env, a, spec.layout[0] == "t"),
         _on_device(env, b, spec.layout[1] == "t"),
         out_dtype=spec.out,
         bias=None if bias is None else env.to_device(bias),
         c=None if c is None else env.to_device(c),
+        **({"fast_accum": True} if fast else {}),
     )
     got = got.cpu()
     if tuple(got.shape) != (spec.m, spec.n) or got.dtype != spec.out:
@@ -225,11 +233,10 @@ def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
     abs_sum = abs_product_sum(
         a.data, b.data, a.format, b.format, a.scale, b.scale, a.granularity, b.granularity
     )
-    caps = env.backend.capabilities
     bound = gemm_error_bound(
         abs_sum,
         spec.k,
-        accumulator=caps.accumulator,
+        accumulator=caps.fast_accumulator if fast else caps.accumulator,
         out_dtype=spec.out,
         exact=exact,
         addends=addends,
@@ -363,6 +370,17 @@ def _specs(env: Env) -> list[GemmSpec]:
         for k in ks:
             for d in ("positive", "randn"):
                 specs.append(replace(base, ga=gpair[0], gb=gpair[1], m=32, k=k, n=32, data=d))
+    # fast_accum=True, judged by the declared fast accumulator (or the default one):
+    # the K sweep on the base pair, every granularity pair, bias/C, specials, a ragged shape.
+    fast = replace(base, fast_accum=True)
+    for k in ks:
+        for d in ("positive", "randn"):
+            specs.append(replace(fast, m=32, k=k, n=32, data=d))
+    for gpair in gran_pairs:
+        specs.append(replace(fast, ga=gpair[0], gb=gpair[1], k=320))
+    specs += [replace(fast, out=out, bias=True, c=True), replace(fast, m=37, k=200, n=45)]
+    for d in ("nan", "huge", "tiny"):
+        specs.append(replace(fast, m=24, k=96, n=32, data=d))
     seen, unique = set(), []
     for s in specs:
         if s.id not in seen:

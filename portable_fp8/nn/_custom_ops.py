@@ -14,7 +14,7 @@ Ops (namespace ``portable_fp8_nn``):
   data_t, scale, amax)`` -- :func:`portable_fp8.ops.quantize_transpose` (tensorwise, 2-D ``x``);
   ``data_t`` holds the codes of ``x.T``, contiguous.
 * ``scaled_mm(a_data, a_scale, a_format, a_granularity, b_data, b_scale, b_format,
-  b_granularity, out_dtype, backend) -> out`` -- :func:`portable_fp8.ops.scaled_mm`.
+  b_granularity, out_dtype, fast_accum, backend) -> out`` -- :func:`portable_fp8.ops.scaled_mm`.
 * ``amax(x, backend) -> amax`` -- :func:`portable_fp8.ops.compute_amax` (0-d fp32).
 
 Gradients are not registered: the Linear's autograd Function calls these ops on detached
@@ -108,19 +108,20 @@ quantize_transpose = _define(
 )
 
 
-def _scaled_mm(a_data, a_scale, a_format, a_gran, b_data, b_scale, b_format, b_gran, od, be):
+def _scaled_mm(a_data, a_scale, a_format, a_gran, b_data, b_scale, b_format, b_gran, od, fast, be):
     a = Fp8Tensor(a_data, a_scale, get_format(a_format), get_granularity(a_gran))
     b = Fp8Tensor(b_data, b_scale, get_format(b_format), get_granularity(b_gran))
-    return ops.scaled_mm(a, b, out_dtype=od, backend=be).contiguous()
+    return ops.scaled_mm(a, b, out_dtype=od, fast_accum=fast, backend=be).contiguous()
 
 
-def _scaled_mm_fake(a_data, a_scale, a_format, a_gran, b_data, b_scale, b_format, b_gran, od, be):
+def _scaled_mm_fake(a_data, a_scale, a_format, a_gran, b_data, b_scale, b_format, b_gran, od, *_):
     return a_data.new_empty((a_data.shape[0], b_data.shape[1]), dtype=od)
 
 
 scaled_mm = _define(
     "scaled_mm(Tensor a_data, Tensor a_scale, str a_format, str a_granularity, Tensor b_data, "
-    "Tensor b_scale, str b_format, str b_granularity, ScalarType out_dtype, str? backend) "
+    "Tensor b_scale, str b_format, str b_granularity, ScalarType out_dtype, bool fast_accum, "
+    "str? backend) "
     "-> Tensor",
     _scaled_mm,
     _scaled_mm_fake,

@@ -8,6 +8,8 @@ Contract (per call, with ``x`` of shape (..., in) flattened to M x K and W of sh
 * backward ``dx = dy W`` (dgrad) and ``dW = dy^T x`` (wgrad): dy cast to the recipe's gradient
   format (E5M2 by default), scaled GEMMs to ``dgrad.out_dtype`` (default: x's dtype) and
   ``wgrad.out_dtype`` (default: the weight's dtype); ``dbias`` summed in fp32.
+* A GEMM whose spec has ``fast_accum=True`` may run with the backend's declared fast
+  accumulator (see :func:`portable_fp8.scaled_mm`); by default none does.
 * Weights stay in their own (master) dtype; only the GEMM operands are FP8. Tensorwise recipes
   cast x, W and dy once each with :func:`portable_fp8.quantize_transpose`, which also writes
   the transposed codes the other GEMM needs (cuBLASLt takes FP8 operands only as row-major A
@@ -37,7 +39,7 @@ from ..formats import get_format
 from ..granularity import TENSORWISE, Granularity
 from ..scaling import scale_from_amax
 from . import _custom_ops as cops
-from .recipes import ROLES, CurrentScaling, DelayedScaling, Recipe, StaticScaling
+from .recipes import ROLES, CurrentScaling, DelayedScaling, GemmSpec, Recipe, StaticScaling
 
 __all__ = ["Linear"]
 
@@ -102,10 +104,12 @@ def _quantize_pair(x: torch.Tensor, fmt: str, scale, cfg: _Cfg, transposed: bool
     return _Q(data, s, fmt, TENSORWISE), _Q(data_t, s, fmt, TENSORWISE)
 
 
-def _mm(a: _Q, b: _Q, out_dtype: torch.dtype, cfg: _Cfg) -> torch.Tensor:
+def _mm(a: _Q, b: _Q, spec: GemmSpec, default_out: torch.dtype, cfg: _Cfg) -> torch.Tensor:
+    """One of the layer's GEMMs: ``spec`` gives its output dtype (else ``default_out``) and
+    whether it may use the backend's fast accumulator."""
     return cops.scaled_mm(
-        a.data, a.scale, a.fmt, a.gran.name, b.data, b.scale, b.fmt, b.gran.name, out_dtype,
-        cfg.backend,
+        a.data, a.scale, a.fmt, a.gran.name, b.data, b.scale, b.fmt, b.gran.name,
+        spec.out_dtype or default_out, spec.fast_accum, cfg.backend,
     )  # fmt: skip
 
 
@@ -176,7 +180,7 @@ class _Fp8LinearFn(torch.autograd.Function):
             qx = _quantize(x2, fx, a_gran, None, cfg)
             qwt = _quantize_b(w, fw, b_gran, None, cfg)
             ctx.save_for_backward(x2, w)
-        out = _mm(qx, qwt, r.forward.out_dtype or cfg.dtype, cfg).to(cfg.dtype)
+        out = _mm(qx, qwt, r.forward, cfg.dtype, cfg).to(cfg.dtype)
         if bias is not None:
             out = out + bias.to(cfg.dtype)
         # Tensors mutated later (delayed-scaling state) travel as attributes, not saved
@@ -205,24 +209,24 @@ class _Fp8LinearFn(torch.autograd.Function):
                 del saved[:2]
             if need_dx:
                 qw = _Q(saved[0], saved[1], r.dgrad.b_format, TENSORWISE).t()  # N x K, col-major
-                dx = _mm(qdy, qw, r.dgrad.out_dtype or ctx.x_dtype, cfg)
+                dx = _mm(qdy, qw, r.dgrad, ctx.x_dtype, cfg)
             if need_dw:
                 qx = _Q(xt_data, xt_scale, r.wgrad.b_format, TENSORWISE).t()  # M x K, col-major
                 a, b = qdy_t, qx
                 if mult > 1:
                     a, b = _pad_tokens(a, 1, mult), _pad_tokens(b, 0, mult)
-                dw = _mm(a, b, r.wgrad.out_dtype or ctx.w_dtype, cfg)
+                dw = _mm(a, b, r.wgrad, ctx.w_dtype, cfg)
         else:
             x2, w = ctx.saved_tensors
             if need_dx:
                 qdy = _quantize(dy2, r.dgrad.a_format, a_gran, None, cfg)
                 qw = _quantize_b(w.t().contiguous(), r.dgrad.b_format, b_gran, None, cfg)
-                dx = _mm(qdy, qw, r.dgrad.out_dtype or ctx.x_dtype, cfg)
+                dx = _mm(qdy, qw, r.dgrad, ctx.x_dtype, cfg)
             if need_dw:
                 dyp, xp = (_pad_rows(dy2, mult), _pad_rows(x2, mult)) if mult > 1 else (dy2, x2)
                 qdyt = _quantize(dyp.t().contiguous(), r.wgrad.a_format, a_gran, None, cfg)
                 qx = _quantize_b(xp.t().contiguous(), r.wgrad.b_format, b_gran, None, cfg)
-                dw = _mm(qdyt, qx, r.wgrad.out_dtype or ctx.w_dtype, cfg)
+                dw = _mm(qdyt, qx, r.wgrad, ctx.w_dtype, cfg)
         if dx is not None:
             dx = dx.to(ctx.x_dtype).reshape(ctx.x_shape)
         if dw is not None:

@@ -65,16 +65,21 @@ ROLES: tuple[str, ...] = ("input", "weight", "grad_output")
 
 @dataclass(frozen=True)
 class GemmSpec:
-    """Formats of one GEMM's operands and its output dtype.
+    """Formats of one GEMM's operands, its output dtype and its accumulation.
 
     ``out_dtype=None`` means: the activation dtype for forward and dgrad (the input's dtype,
     or the autocast dtype), the weight's dtype for wgrad (the accumulator's fp32 sum is
     rounded once to it, so fp32 master weights get an fp32 gradient).
+    ``fast_accum=True`` lets the GEMM use the backend's declared fast accumulator (Hopper:
+    about 14 bits, not promoted to fp32; see :func:`portable_fp8.scaled_mm`). torchao turns
+    it on for the forward GEMM by default; here it is off unless asked for, e.g.
+    ``CurrentScaling(forward=GemmSpec("e4m3fn", "e4m3fn", fast_accum=True))``.
     """
 
     a_format: str
     b_format: str
     out_dtype: torch.dtype | None = None
+    fast_accum: bool = False
 
     def __post_init__(self) -> None:
         for name in (self.a_format, self.b_format):
@@ -233,7 +238,7 @@ def gaudi2(recipe: Recipe | None = None) -> Recipe:
     def _swap(spec: GemmSpec) -> GemmSpec:
         a = g if spec.a_format == "e4m3fn" else spec.a_format
         b = g if spec.b_format == "e4m3fn" else spec.b_format
-        return GemmSpec(a, b, spec.out_dtype)
+        return dataclasses.replace(spec, a_format=a, b_format=b)
 
     return dataclasses.replace(
         recipe,
