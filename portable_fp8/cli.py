@@ -50,6 +50,8 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         print(f"  rounding      {', '.join(caps['rounding'])}")
         print(f"  out dtypes    {', '.join(caps['out_dtypes'])}")
         print(f"  accumulator   {caps['accumulator']}")
+        if caps.get("fast_accumulator"):
+            print(f"  fast_accum    {caps['fast_accumulator']}")
         for key, value in info.get("implementation", {}).items():
             print(f"  {key:<13} {value}")
     for name, error in errors.items():
