@@ -62,6 +62,11 @@ class Capabilities:
     gemm_dim_multiple: int = 1
     notes: tuple[str, ...] = field(default=())
 
+    def runs_fast_accumulator(self, fast_accum: bool) -> bool:
+        """Whether a GEMM asked for with ``fast_accum`` runs ``fast_accumulator`` (and is
+        passed ``fast_accum=True``): only where one is declared."""
+        return fast_accum and self.fast_accumulator is not None
+
     def as_dict(self) -> dict:
         """A JSON-friendly description (for `portable-fp8 backends` and reports)."""
         acc, fast = self.accumulator, self.fast_accumulator

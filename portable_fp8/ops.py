@@ -487,7 +487,7 @@ def scaled_mm(
         raise Fp8ValueError(
             f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"
         )
-    if fast_accum and chosen.capabilities.fast_accumulator is not None:
+    if fast_accum and chosen.capabilities.runs_fast_accumulator(True):  # no call when False
         return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=True)
     return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
 

@@ -121,3 +121,30 @@ def _no_backend_env_leak():
     before = os.environ.get(registry.ENV_VAR)
     yield
     assert os.environ.get(registry.ENV_VAR) == before, "a test leaked PORTABLE_FP8_BACKEND"
+
+
+@pytest.fixture
+def reference_gemm_calls(monkeypatch):
+    """The registered reference backend's ``scaled_mm`` recording, per call, the
+    ``fast_accum`` keyword it was passed (``"not passed"`` when absent). Returns ``(backend,
+    calls, declare)``; ``declare(model)`` makes the backend declare and emulate ``model`` as
+    its fast accumulator for the rest of the test."""
+    import dataclasses
+
+    import portable_fp8 as fp8
+
+    backend = fp8.get_backend("reference")
+    calls: list = []
+    original = backend.scaled_mm
+
+    def recording(a, b, **kw):
+        calls.append(kw.get("fast_accum", "not passed"))
+        return original(a, b, **kw)
+
+    def declare(model) -> None:
+        monkeypatch.setattr(backend, "fast_accumulator", model)
+        caps = dataclasses.replace(backend.capabilities, fast_accumulator=model)
+        monkeypatch.setattr(backend, "capabilities", caps)
+
+    monkeypatch.setattr(backend, "scaled_mm", recording)
+    return backend, calls, declare

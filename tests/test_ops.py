@@ -402,18 +402,10 @@ def test_fuzz_scaled_mm(m, k, n, pair, formats, out_dtype, with_bias, with_c, se
 # -- fast accumulation ----------------------------------------------------------------------
 
 
-def test_fast_accum_reaches_only_a_backend_that_declares_a_fast_accumulator(monkeypatch):
+def test_fast_accum_reaches_only_a_backend_that_declares_a_fast_accumulator(reference_gemm_calls):
     from portable_fp8.emulator.gemm import AccumulatorModel, reference_scaled_mm
 
-    backend = fp8.get_backend("reference")
-    seen = []
-    original = backend.scaled_mm
-
-    def recording(a, b, **kw):
-        seen.append(kw.get("fast_accum", "not passed"))
-        return original(a, b, **kw)
-
-    monkeypatch.setattr(backend, "scaled_mm", recording)
+    _, seen, declare = reference_gemm_calls
     gen = torch.Generator().manual_seed(5)
     qa = fp8.quantize(torch.randn(8, 512, generator=gen), "e4m3fn", backend="reference")
     qb = fp8.quantize(torch.randn(512, 8, generator=gen), "e4m3fn", backend="reference")
@@ -427,10 +419,7 @@ def test_fast_accum_reaches_only_a_backend_that_declares_a_fast_accumulator(monk
     assert seen == ["not passed", "not passed"]
 
     narrow = AccumulatorModel(4, "truncate", 1)  # 5 significant bits: visibly different
-    monkeypatch.setattr(backend, "fast_accumulator", narrow)
-    monkeypatch.setattr(
-        backend, "capabilities", dataclasses.replace(backend.capabilities, fast_accumulator=narrow)
-    )
+    declare(narrow)
     fast = mm(fast_accum=True)
     assert seen[-1] is True
     want = reference_scaled_mm(

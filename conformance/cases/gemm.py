@@ -206,7 +206,7 @@ def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
     bias = torch.randn(spec.n, generator=g).to(spec.out) if spec.bias else None
     c = torch.randn(spec.m, spec.n, generator=g).mul(4).to(spec.out) if spec.c else None
     caps = env.backend.capabilities
-    fast = spec.fast_accum and caps.fast_accumulator is not None  # as the op layer decides
+    fast = caps.runs_fast_accumulator(spec.fast_accum)  # as the op layer decides
     got = env.backend.scaled_mm(
         _on_device(env, a, spec.layout[0] == "t"),
         _on_device(env, b, spec.layout[1] == "t"),
