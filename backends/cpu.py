@@ -29,13 +29,13 @@ from functools import cached_property
 
 import torch
 
-from portable_fp8.backend import Backend, Capabilities
-from portable_fp8.emulator.cast import as_fp8_tensor, codes_of, round_to_codes
-from portable_fp8.emulator.gemm import FP32_ACCUMULATOR
-from portable_fp8.formats import FORMATS, Format, element_formats
-from portable_fp8.granularity import GRANULARITIES, Granularity
-from portable_fp8.hookspecs import hookimpl
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.dispatch.backend import Backend, Capabilities
+from portable_fp8.dispatch.hookspecs import hookimpl
+from portable_fp8.numerics.cast import as_fp8_tensor, codes_of, round_to_codes
+from portable_fp8.numerics.formats import FORMATS, Format, element_formats
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR
+from portable_fp8.numerics.granularity import GRANULARITIES, Granularity
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 __all__ = ["CpuBackend", "probe_scaled_mm", "portable_fp8_backends"]
 
@@ -234,7 +234,9 @@ class CpuBackend(Backend):
             and a.granularity.is_tensorwise
             and b.granularity.is_tensorwise
         )
-        if ipex_gemm:
+        if a.data.shape[1] == 0:  # an empty sum is +0 (torch._scaled_mm leaves it unwritten)
+            out = torch.zeros(a.data.shape[0], b.data.shape[1], device=a.data.device)
+        elif ipex_gemm:
             out = self._ipex.linear(a, b)
         elif native:
             out = torch._scaled_mm(

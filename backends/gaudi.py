@@ -51,14 +51,14 @@ from typing import Literal
 
 import torch
 
-from portable_fp8.backend import Backend, Capabilities
-from portable_fp8.emulator.cast import as_fp8_tensor, round_to_codes
-from portable_fp8.emulator.gemm import FP32_ACCUMULATOR
-from portable_fp8.formats import Format
-from portable_fp8.granularity import Granularity, as_2d_shape
-from portable_fp8.hookspecs import hookimpl
-from portable_fp8.scaling import GAUDI2_HW_ALIGNED_SCALES, scale_from_amax
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.dispatch.backend import Backend, Capabilities
+from portable_fp8.dispatch.hookspecs import hookimpl
+from portable_fp8.numerics.cast import as_fp8_tensor, round_to_codes
+from portable_fp8.numerics.formats import Format
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR
+from portable_fp8.numerics.granularity import Granularity, as_2d_shape
+from portable_fp8.numerics.scaling import GAUDI2_HW_ALIGNED_SCALES, scale_from_amax
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 __all__ = [
     "GAUDI_OPS",

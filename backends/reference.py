@@ -6,19 +6,19 @@ conformance suite compare against it.
 
 from __future__ import annotations
 
-from portable_fp8.backend import Backend, Capabilities
-from portable_fp8.emulator.cast import (
+from portable_fp8.dispatch.backend import Backend, Capabilities
+from portable_fp8.dispatch.hookspecs import hookimpl
+from portable_fp8.numerics.cast import (
     as_fp8_tensor,
     codes_of,
     codes_to_float,
     round_to_codes,
     scaled_fp32,
 )
-from portable_fp8.emulator.gemm import AccumulatorModel, reference_scaled_mm
-from portable_fp8.formats import FORMATS, Format, element_formats
-from portable_fp8.granularity import GRANULARITIES
-from portable_fp8.hookspecs import hookimpl
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.numerics.formats import FORMATS, Format, element_formats
+from portable_fp8.numerics.gemm import AccumulatorModel, reference_scaled_mm
+from portable_fp8.numerics.granularity import GRANULARITIES
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 __all__ = ["ReferenceBackend", "portable_fp8_backends"]
 

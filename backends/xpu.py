@@ -17,11 +17,11 @@ from functools import cached_property
 
 import torch
 
-from portable_fp8.backend import Backend, Capabilities
-from portable_fp8.emulator.gemm import FP32_ACCUMULATOR
-from portable_fp8.formats import FORMATS, element_formats
-from portable_fp8.granularity import GRANULARITIES
-from portable_fp8.hookspecs import hookimpl
+from portable_fp8.dispatch.backend import Backend, Capabilities
+from portable_fp8.dispatch.hookspecs import hookimpl
+from portable_fp8.numerics.formats import FORMATS, element_formats
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR
+from portable_fp8.numerics.granularity import GRANULARITIES
 
 from .cpu import CpuBackend, probe_scaled_mm
 

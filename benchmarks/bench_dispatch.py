@@ -1,6 +1,7 @@
 """Host cost of the op layer itself: validation, backend choice and capability checks per call.
 
-Each op is called through :mod:`portable_fp8.ops` against a stand-in backend whose primitives
+Each op is called through :mod:`portable_fp8.dispatch.ops` against a stand-in backend whose
+primitives
 return preallocated results at once, so what is timed is the op layer's own Python (no
 kernel, no allocation by the backend). For scale, the same table times a few raw torch calls,
 and the ``cuda`` backend's own ``scaled_mm`` on CPU tensors with ``torch._scaled_mm`` stubbed
@@ -42,11 +43,11 @@ from pathlib import Path
 import torch
 
 import portable_fp8 as fp8
-from portable_fp8 import ops, registry
-from portable_fp8.backend import Backend, Capabilities, CastTranspose
-from portable_fp8.formats import E4M3FN, element_formats
-from portable_fp8.granularity import GRANULARITIES, TENSORWISE
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.dispatch import ops, registry
+from portable_fp8.dispatch.backend import Backend, Capabilities, CastTranspose
+from portable_fp8.numerics.formats import E4M3FN, element_formats
+from portable_fp8.numerics.granularity import GRANULARITIES, TENSORWISE
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 _STANDIN = "dispatch_standin"
 
@@ -372,7 +373,7 @@ def main() -> None:
             f"{platform.release()}; one torch thread; torch {torch.__version__}, "
             f"Python {platform.python_version()}, portable-fp8 {fp8.__version__}.",
             "",
-            "`op` rows call `portable_fp8.ops` against a backend whose primitives return "
+            "`op` rows call `portable_fp8.dispatch.ops` against a backend whose primitives return "
             "preallocated results, so they are the op layer's own cost. The `backend` row is "
             "the `cuda` backend's Python around `torch._scaled_mm` (stubbed). `raw` rows are "
             "single torch calls, for scale. Median over batches of the per-call mean.",

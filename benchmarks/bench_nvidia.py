@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 import portable_fp8 as fp8
-from portable_fp8.formats import E4M3FN
-from portable_fp8.granularity import GRANULARITIES
-from portable_fp8.registry import get_backend
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.dispatch.registry import get_backend
+from portable_fp8.numerics.formats import E4M3FN
+from portable_fp8.numerics.granularity import GRANULARITIES
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 __all__ = ["main"]
 

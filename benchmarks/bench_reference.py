@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.gemm import (
+from portable_fp8.numerics.gemm import (
     FP32_ACCUMULATOR,
     HOPPER_FAST_ACCUMULATOR,
     AccumulatorModel,

@@ -21,7 +21,7 @@ import torch
 import triton.testing
 
 import portable_fp8 as fp8
-from portable_fp8.formats import E4M3FN
+from portable_fp8.numerics.formats import E4M3FN
 
 _TILES = [(32, 32, 4), (64, 64, 4), (64, 64, 8), (64, 128, 4), (128, 64, 4), (128, 128, 8)]
 _SHAPES = [(16384, 14336), (16384, 4096), (14336, 4096)]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from portable_fp8.emulator.cast import codes_of
-from portable_fp8.formats import Format
+from portable_fp8.numerics.cast import codes_of
+from portable_fp8.numerics.formats import Format
 
 __all__ = [
     "all_bf16",

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from portable_fp8.emulator.cast import as_fp8_tensor, codes_of
-from portable_fp8.formats import FORMATS, Format
-from portable_fp8.granularity import TENSORWISE
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.numerics.cast import as_fp8_tensor, codes_of
+from portable_fp8.numerics.formats import FORMATS, Format
+from portable_fp8.numerics.granularity import TENSORWISE
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 from .model import Env
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from portable_fp8.backend import Backend
+from portable_fp8.dispatch.backend import Backend
 
 __all__ = ["Verdict", "CaseResult", "Case", "Env", "PROFILES", "backend_device"]
 

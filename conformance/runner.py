@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 import portable_fp8
-from portable_fp8 import registry
-from portable_fp8.backend import Backend
+from portable_fp8.dispatch import registry
+from portable_fp8.dispatch.backend import Backend
 
 from .cases import generate_cases
 from .deviations import load_deviations, unmatched_deviations

@@ -9,6 +9,16 @@ Model code imports the ops from here; the registry picks the backend that runs t
 """
 
 from . import nn
+from .dispatch.ops import (
+    cast_from_fp8,
+    cast_to_fp8,
+    compute_amax,
+    dequantize,
+    quantize,
+    quantize_transpose,
+    scaled_mm,
+)
+from .dispatch.registry import ENV_VAR, get_backend, list_backends, select_backend, use_backend
 from .errors import (
     BackendUnavailableError,
     Fp8Error,
@@ -18,20 +28,10 @@ from .errors import (
     UnknownBackendError,
     UnknownFormatError,
 )
-from .formats import FORMATS, Format, get_format
-from .granularity import GRANULARITIES, Granularity, get_granularity
 from .nn import convert
-from .ops import (
-    cast_from_fp8,
-    cast_to_fp8,
-    compute_amax,
-    dequantize,
-    quantize,
-    quantize_transpose,
-    scaled_mm,
-)
-from .registry import ENV_VAR, get_backend, list_backends, select_backend, use_backend
-from .tensor import Fp8Tensor
+from .numerics.formats import FORMATS, Format, get_format
+from .numerics.granularity import GRANULARITIES, Granularity, get_granularity
+from .numerics.tensor import Fp8Tensor
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import registry
+from .dispatch import registry
 
 __all__ = ["main"]
 
@@ -65,12 +65,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p_backends = sub.add_parser("backends", help="list backends, availability and capabilities")
     p_backends.add_argument("--json", action="store_true", help="print JSON instead of text")
     p_backends.set_defaults(func=_cmd_backends)
-    try:
-        from .conformance.cli import add_parser as add_conformance
-    except ImportError:
-        pass
-    else:
-        add_conformance(sub)
+    from .conformance.cli import add_parser as add_conformance
+
+    add_conformance(sub)
     return parser
 
 

@@ -21,8 +21,8 @@ import os
 import numpy as np
 import pytest
 
-from portable_fp8 import registry
-from portable_fp8.formats import Format, NanEncoding
+from portable_fp8.dispatch import registry
+from portable_fp8.numerics.formats import Format, NanEncoding
 
 __all__ = ["reference_round", "format_grid", "assert_same_codes"]
 

@@ -24,14 +24,14 @@ from portable_fp8.conformance.report_json import report_to_dict
 from test_conformance_mutants import IgnoresBias, NarrowAccumulator, TiesAwayFromZero
 
 import portable_fp8.cli
-from portable_fp8 import registry
-from portable_fp8.emulator.gemm import (
+from portable_fp8.dispatch import registry
+from portable_fp8.errors import NotSupportedError
+from portable_fp8.numerics.formats import FORMATS
+from portable_fp8.numerics.gemm import (
     DEEPGEMM_PROMOTED_ACCUMULATOR,
     HOPPER_FAST_ACCUMULATOR,
     AccumulatorModel,
 )
-from portable_fp8.errors import NotSupportedError
-from portable_fp8.formats import FORMATS
 
 _BIAS_CASE = "gemm/e4m3fnxe4m3fn/tensorwisextensorwise/48x160x64/nn/out=float32/bias/randn"
 

@@ -15,14 +15,14 @@ import torch
 from portable_fp8.backends.reference import ReferenceBackend
 from portable_fp8.conformance import Verdict, run_suite
 
-from portable_fp8.emulator.cast import as_fp8_tensor, codes_of, round_to_codes, scaled_fp32
-from portable_fp8.emulator.gemm import (
+from portable_fp8.numerics.cast import as_fp8_tensor, codes_of, round_to_codes, scaled_fp32
+from portable_fp8.numerics.formats import Format
+from portable_fp8.numerics.gemm import (
     FP32_ACCUMULATOR,
     HOPPER_FAST_ACCUMULATOR,
     AccumulatorModel,
 )
-from portable_fp8.formats import Format
-from portable_fp8.granularity import as_2d_shape
+from portable_fp8.numerics.granularity import as_2d_shape
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -222,9 +222,7 @@ def test_fast_accumulator_modelled_on_the_reference_passes_its_own_cases():
     """The reference emulating Hopper's fast accumulator: fast_accum cases run (and pass)
     under that model's bound, and are visibly less exact than the exact default."""
     backend = ReferenceBackend(fast_accumulator=HOPPER_FAST_ACCUMULATOR)
-    report = run_suite(
-        backend, profile="quick", progress=False, fingerprint=False, select="gemm/*"
-    )
+    report = run_suite(backend, profile="quick", progress=False, fingerprint=False, select="gemm/*")
     assert report.ok, [(r.id, r.result.detail) for r in report.failed][:3]
     by_id = {r.id: r.result for r in report.records}
     fast = [i for i in by_id if "/fast-accum/" in i]

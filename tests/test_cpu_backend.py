@@ -15,10 +15,10 @@ import torch
 from conftest import assert_same_codes
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.cast import codes_of
-from portable_fp8.emulator.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
-from portable_fp8.formats import FORMATS
-from portable_fp8.registry import get_backend
+from portable_fp8.dispatch.registry import get_backend
+from portable_fp8.numerics.cast import codes_of
+from portable_fp8.numerics.formats import FORMATS
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
 
 ALL_NAMES = sorted(FORMATS)
 SCALES = [1.0, 2.0**-3, 3.7]
@@ -134,7 +134,7 @@ PAIRS = [
                                      ("e4m3fnuz", "e4m3fnuz")], ids="x".join)  # fmt: skip
 @pytest.mark.parametrize("pair", PAIRS, ids="x".join)
 def test_gemm_within_fp32_accumulator_bound(pair, formats, out_dtype):
-    """|C - E| <= gemm_error_bound(FP32_ACCUMULATOR): see portable_fp8/emulator/gemm.py.
+    """|C - E| <= gemm_error_bound(FP32_ACCUMULATOR): see portable_fp8/numerics/gemm.py.
 
     E is the float64 product of the dequantised operands (its own float64 error, about
     K * 2**-53 relative to sum |a||b|, is negligible against the fp32 bound's K * 2**-24).

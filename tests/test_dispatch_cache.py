@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import portable_fp8 as fp8
-from portable_fp8 import ops, registry
+from portable_fp8.dispatch import ops, registry
 from portable_fp8.errors import NotSupportedError
 
 X = torch.linspace(-10, 10, 64).reshape(4, 16)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from portable_fp8.formats import E4M3FN
-from portable_fp8.granularity import TENSORWISE, Granularity
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.numerics.formats import E4M3FN
+from portable_fp8.numerics.granularity import TENSORWISE, Granularity
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 
 @pytest.fixture

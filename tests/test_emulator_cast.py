@@ -33,14 +33,14 @@ from conftest import (
 )
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.cast import (
+from portable_fp8.numerics.cast import (
     amax,
     codes_of,
     codes_to_float,
     round_to_codes,
     scaled_fp32,
 )
-from portable_fp8.formats import FORMATS, NanEncoding
+from portable_fp8.numerics.formats import FORMATS, NanEncoding
 
 ML_NAMES = ["e4m3fn", "e5m2", "e4m3fnuz", "e5m2fnuz", "e8m0fnu"]
 ALL_NAMES = sorted(FORMATS)

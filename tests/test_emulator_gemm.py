@@ -24,8 +24,9 @@ import pytest
 import torch
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.cast import as_fp8_tensor, codes_to_float, round_to_codes
-from portable_fp8.emulator.gemm import (
+from portable_fp8.numerics.cast import as_fp8_tensor, codes_to_float, round_to_codes
+from portable_fp8.numerics.formats import FORMATS
+from portable_fp8.numerics.gemm import (
     DEEPGEMM_PROMOTED_ACCUMULATOR,
     FP32_ACCUMULATOR,
     HOPPER_FAST_ACCUMULATOR,
@@ -35,9 +36,8 @@ from portable_fp8.emulator.gemm import (
     reference_scaled_mm,
     unit_roundoff,
 )
-from portable_fp8.formats import FORMATS
-from portable_fp8.granularity import TENSORWISE
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.numerics.granularity import TENSORWISE
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 PAIRS = [
     ("tensorwise", "tensorwise"),

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from portable_fp8.errors import Fp8ValueError, UnknownFormatError
-from portable_fp8.formats import (
+from portable_fp8.numerics.formats import (
     E4M3_GAUDI2,
     E4M3FN,
     FORMATS,

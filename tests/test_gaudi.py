@@ -19,9 +19,9 @@ from _gaudi_standin import ops as standin_ops
 from portable_fp8.backends.gaudi import GaudiBackend, HabanaBridge, gaudi_capabilities
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
-from portable_fp8.formats import get_format
-from portable_fp8.scaling import GAUDI2_HW_ALIGNED_SCALES, reciprocal
+from portable_fp8.numerics.formats import get_format
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
+from portable_fp8.numerics.scaling import GAUDI2_HW_ALIGNED_SCALES, reciprocal
 
 pytestmark = pytest.mark.skipif(
     standin.real_bridge_present(), reason="a real habana_frameworks is installed"
@@ -292,7 +292,7 @@ def test_fused_cast_and_amax(backend, gen):
 
 
 def _check_gemm(got, qa, qb, out_dtype, bias=None, c=None):
-    """|got - exact| within the analytic fp32-accumulator bound (emulator/gemm.py)."""
+    """|got - exact| within the analytic fp32-accumulator bound (numerics/gemm.py)."""
     args = (qa.data, qb.data, qa.format, qb.format, qa.scale, qb.scale)
     grans = (qa.granularity, qb.granularity)
     exact = fp8.scaled_mm(qa, qb, out_dtype=torch.float32, backend="reference").double()

@@ -22,9 +22,9 @@ import torch
 from portable_fp8.backends.cpu import CpuBackend
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.cast import as_fp8_tensor, codes_of, codes_to_float, round_to_codes
-from portable_fp8.emulator.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
-from portable_fp8.formats import get_format
+from portable_fp8.numerics.cast import as_fp8_tensor, codes_of, codes_to_float, round_to_codes
+from portable_fp8.numerics.formats import get_format
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
 
 _CALLS: list[tuple[str, tuple]] = []
 _LIB: list = []
@@ -199,7 +199,7 @@ def test_ipex_gemm_path_maps_the_linear_layout(fake_ipex):
     assert torch.equal(args[1], qa.scale_inv.reshape(1))  # dequantisation factors
     assert torch.equal(args[5], qw.scale_inv.reshape(1))
     assert args[9].dtype == torch.float32  # fp32 out, rounded to bf16 afterwards
-    # Within the contract's bound for an fp32 accumulator (emulator/gemm.py), bf16 output.
+    # Within the contract's bound for an fp32 accumulator (numerics/gemm.py), bf16 output.
     exact = fp8.scaled_mm(qa, qw.t(), out_dtype=torch.float32, backend="reference").double()
     args_ = (qa.data, qw.t().data, qa.format, qw.format, qa.scale, qw.scale)
     grans = (qa.granularity, qw.t().granularity)

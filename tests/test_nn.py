@@ -13,13 +13,13 @@ from torch import nn
 
 import portable_fp8 as fp8
 import portable_fp8.nn as pn
-from portable_fp8.backend import Backend, Capabilities
-from portable_fp8.emulator.gemm import gemm_error_bound
+from portable_fp8.dispatch.backend import Backend, Capabilities
 from portable_fp8.errors import Fp8ValueError
-from portable_fp8.formats import get_format
 from portable_fp8.nn import _custom_ops as cops
 from portable_fp8.nn.convert import unsupported_reason
-from portable_fp8.scaling import round_scale_to_choices
+from portable_fp8.numerics.formats import get_format
+from portable_fp8.numerics.gemm import gemm_error_bound
+from portable_fp8.numerics.scaling import round_scale_to_choices
 
 BACKENDS = ["reference", "cpu"]
 
@@ -566,7 +566,7 @@ def _triton_interpreted() -> bool:
     backend = fp8.list_backends().get("triton")
     return (
         backend is not None
-        and fp8.registry.unavailable_reason(backend) is None
+        and fp8.dispatch.registry.unavailable_reason(backend) is None
         and "cpu" in backend.capabilities.devices
     )
 
@@ -637,7 +637,7 @@ def test_partial_gradients_match_full(backend):
 def test_fast_accum_only_in_the_gemms_whose_spec_asks(reference_gemm_calls):
     """GemmSpec(fast_accum=True) reaches the backend for that GEMM only (through the custom
     op and the op layer), and survives gaudi2()'s format swap."""
-    from portable_fp8.emulator.gemm import HOPPER_FAST_ACCUMULATOR
+    from portable_fp8.numerics.gemm import HOPPER_FAST_ACCUMULATOR
 
     _, seen, declare = reference_gemm_calls
     declare(HOPPER_FAST_ACCUMULATOR)

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.cast import codes_of, round_to_codes
-from portable_fp8.emulator.gemm import abs_product_sum, gemm_error_bound, reference_scaled_mm
-from portable_fp8.formats import E4M3FN, FORMATS, element_formats
-from portable_fp8.granularity import TENSORWISE
-from portable_fp8.registry import list_backends, unavailable_reason
+from portable_fp8.dispatch.registry import list_backends, unavailable_reason
+from portable_fp8.numerics.cast import codes_of, round_to_codes
+from portable_fp8.numerics.formats import E4M3FN, FORMATS, element_formats
+from portable_fp8.numerics.gemm import abs_product_sum, gemm_error_bound, reference_scaled_mm
+from portable_fp8.numerics.granularity import TENSORWISE
 
 
 def _skip_reason() -> str | None:

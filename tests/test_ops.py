@@ -1,7 +1,7 @@
 """The operator API: every documented validation error, the contract's special inputs, and
 hypothesis fuzzing (no exception but the documented ones; reference and cpu bit-equal).
 
-Documented exception types (portable_fp8/ops.py): wrong types and dtypes raise
+Documented exception types (portable_fp8/dispatch/ops.py): wrong types and dtypes raise
 Fp8TypeError; wrong shapes, devices and values Fp8ValueError; unknown formats
 UnknownFormatError; unknown backends UnknownBackendError; undeclared features
 NotSupportedError. All derive from Fp8Error. A second device is faked with torch's "meta"
@@ -21,8 +21,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.cast import codes_of
-from portable_fp8.emulator.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
 from portable_fp8.errors import (
     Fp8Error,
     Fp8TypeError,
@@ -30,8 +28,10 @@ from portable_fp8.errors import (
     NotSupportedError,
     UnknownFormatError,
 )
-from portable_fp8.formats import FORMATS, element_formats
-from portable_fp8.granularity import GRANULARITIES
+from portable_fp8.numerics.cast import codes_of
+from portable_fp8.numerics.formats import FORMATS, element_formats
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
+from portable_fp8.numerics.granularity import GRANULARITIES
 
 X = torch.linspace(-10, 10, 64).reshape(4, 16)
 
@@ -403,7 +403,7 @@ def test_fuzz_scaled_mm(m, k, n, pair, formats, out_dtype, with_bias, with_c, se
 
 
 def test_fast_accum_reaches_only_a_backend_that_declares_a_fast_accumulator(reference_gemm_calls):
-    from portable_fp8.emulator.gemm import AccumulatorModel, reference_scaled_mm
+    from portable_fp8.numerics.gemm import AccumulatorModel, reference_scaled_mm
 
     _, seen, declare = reference_gemm_calls
     gen = torch.Generator().manual_seed(5)

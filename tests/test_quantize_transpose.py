@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import portable_fp8 as fp8
-from portable_fp8.emulator.cast import codes_of
+from portable_fp8.dispatch.registry import list_backends, unavailable_reason
 from portable_fp8.errors import Fp8ValueError
-from portable_fp8.registry import list_backends, unavailable_reason
+from portable_fp8.numerics.cast import codes_of
 
 
 def _backends_here() -> list[str]:

@@ -20,14 +20,14 @@ import torch
 
 import portable_fp8 as fp8
 from portable_fp8 import cli
-from portable_fp8.emulator.cast import codes_of
 from portable_fp8.errors import BackendUnavailableError, UnknownBackendError
+from portable_fp8.numerics.cast import codes_of
 
 _PLUGIN_SOURCE = textwrap.dedent(
     '''
     """A third-party backend, known to portable-fp8 only through its entry point."""
     from portable_fp8.backends.reference import ReferenceBackend
-    from portable_fp8.hookspecs import hookimpl
+    from portable_fp8.dispatch.hookspecs import hookimpl
 
     CALLS = []
 
@@ -74,7 +74,7 @@ def _auto() -> str:
     """The automatic choice for CPU tensors: the available CPU backend of top priority."""
     available = [
         b for b in fp8.list_backends().values()
-        if "cpu" in b.capabilities.devices and fp8.registry.unavailable_reason(b) is None
+        if "cpu" in b.capabilities.devices and fp8.dispatch.registry.unavailable_reason(b) is None
     ]  # fmt: skip
     return max(available, key=lambda b: b.priority).name
 
@@ -127,7 +127,7 @@ def test_broken_plugin_is_reported_and_the_others_work(install_plugins):
     with pytest.warns(RuntimeWarning, match="'broken'.*failed to load.*simulated"):
         backends = fp8.list_backends()
     assert {"reference", "cpu", "thirdparty"} <= set(backends)
-    errors = fp8.registry.plugin_errors()
+    errors = fp8.dispatch.registry.plugin_errors()
     assert "broken" in errors and "simulated: vendor library missing" in errors["broken"]
     with pytest.raises(UnknownBackendError, match="failed to load: broken"):
         fp8.get_backend("broken")

@@ -13,11 +13,16 @@ import pytest
 import torch
 
 import portable_fp8 as fp8
+from portable_fp8.dispatch.registry import get_backend
 from portable_fp8.errors import Fp8ValueError
-from portable_fp8.formats import FORMATS, element_formats
-from portable_fp8.granularity import GRANULARITIES, Granularity, as_2d_shape, get_granularity
-from portable_fp8.registry import get_backend
-from portable_fp8.scaling import (
+from portable_fp8.numerics.formats import FORMATS, element_formats
+from portable_fp8.numerics.granularity import (
+    GRANULARITIES,
+    Granularity,
+    as_2d_shape,
+    get_granularity,
+)
+from portable_fp8.numerics.scaling import (
     GAUDI2_HW_ALIGNED_SCALES,
     mx_scale_from_amax,
     reciprocal,

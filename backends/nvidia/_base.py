@@ -17,10 +17,10 @@ import os
 
 import torch
 
-from portable_fp8.backend import Backend, Capabilities
-from portable_fp8.emulator.gemm import DEEPGEMM_PROMOTED_ACCUMULATOR
-from portable_fp8.formats import element_formats
-from portable_fp8.granularity import GRANULARITIES
+from portable_fp8.dispatch.backend import Backend, Capabilities
+from portable_fp8.numerics.formats import element_formats
+from portable_fp8.numerics.gemm import DEEPGEMM_PROMOTED_ACCUMULATOR
+from portable_fp8.numerics.granularity import GRANULARITIES
 
 from ._casts import TritonCastsMixin
 

@@ -1,6 +1,7 @@
 """Cast, amax and quantisation primitives shared by the ``cuda`` and ``triton`` backends.
 
-:class:`TritonCastsMixin` implements :class:`portable_fp8.backend.Backend`'s cast primitives
+:class:`TritonCastsMixin` implements :class:`portable_fp8.dispatch.backend.Backend`'s cast
+primitives
 with the kernels of :mod:`._triton_kernels` (contract-exact integer rounding), including
 :meth:`~TritonCastsMixin.quantize_transpose` (codes and their transpose from one read, with the
 amax fused in when the scale is given), plus two extras the op layer does not expose:
@@ -23,11 +24,11 @@ from functools import lru_cache
 
 import torch
 
-from portable_fp8.backend import CastTranspose
-from portable_fp8.formats import Format, NanEncoding
-from portable_fp8.granularity import TENSORWISE, Granularity, as_2d_shape
-from portable_fp8.scaling import reciprocal
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.dispatch.backend import CastTranspose
+from portable_fp8.numerics.formats import Format, NanEncoding
+from portable_fp8.numerics.granularity import TENSORWISE, Granularity, as_2d_shape
+from portable_fp8.numerics.scaling import reciprocal
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 __all__ = [
     "TritonCastsMixin",

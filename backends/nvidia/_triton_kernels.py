@@ -1,6 +1,6 @@
 """Triton kernels for FP8 casts, amax, current-scaling quantisation and dequantisation.
 
-Every kernel implements the numerics contract of :mod:`portable_fp8.emulator.cast` with
+Every kernel implements the numerics contract of :mod:`portable_fp8.numerics.cast` with
 explicit integer arithmetic on the fp32 bit pattern (:func:`_encode`): the FP8 code is computed
 from the significand and exponent fields with a round-to-nearest-even (or stochastic) shift,
 and overflow, infinities, NaN and signed zero are handled by the contract's table. No kernel
@@ -11,7 +11,7 @@ Decoding (FP8 -> fp32) reads a 256-entry table built from :attr:`Format.code_val
 every format, Gaudi2's range-limited E4M3 and the FNUZ formats included.
 
 Scales follow the project convention (a scale is the quantisation multiplier). Scales computed
-in a kernel from amax reproduce :func:`portable_fp8.scaling.scale_from_amax` bit for bit,
+in a kernel from amax reproduce :func:`portable_fp8.numerics.scaling.scale_from_amax` bit for bit,
 ``fp32(max / amax)`` (one correctly rounded division, ``tl.math.div_rn``), then
 ``* 2**-margin`` (exact), ``1`` for a zero or non-finite amax, clamped to ``2**127``, and
 rounded down to a power of two when asked.
@@ -187,7 +187,7 @@ def _abs_bits(x):
 def _scale_from_amax_bits(
     amax_bits, FMT_MAX: tl.constexpr, MARGIN_MUL: tl.constexpr, POW2: tl.constexpr
 ):
-    """``portable_fp8.scaling.scale_from_amax`` of the amax given by its bit pattern."""
+    """``portable_fp8.numerics.scaling.scale_from_amax`` of the amax given by its bit pattern."""
     amax = amax_bits.to(tl.float32, bitcast=True)
     degenerate = (amax_bits == 0) | (amax_bits >= 0x7F800000)
     safe = tl.where(degenerate, 1.0, amax)

@@ -26,11 +26,11 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from portable_fp8.backend import Backend
-from portable_fp8.emulator.gemm import HOPPER_FAST_ACCUMULATOR
-from portable_fp8.granularity import TENSORWISE
-from portable_fp8.hookspecs import hookimpl
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.dispatch.backend import Backend
+from portable_fp8.dispatch.hookspecs import hookimpl
+from portable_fp8.numerics.gemm import HOPPER_FAST_ACCUMULATOR
+from portable_fp8.numerics.granularity import TENSORWISE
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 from ._base import GEMM_MODES, NvidiaBackend
 from ._casts import scale_inv_of
@@ -197,7 +197,7 @@ class CudaBackend(NvidiaBackend):
         return self._blockwise
 
     def _probe_blockwise(self, device: torch.device) -> str:
-        from portable_fp8.granularity import BLOCK_1x128, BLOCK_128x128
+        from portable_fp8.numerics.granularity import BLOCK_1x128, BLOCK_128x128
 
         from . import _triton_gemm
 
@@ -235,7 +235,7 @@ class CudaBackend(NvidiaBackend):
 
     @staticmethod
     def _e4m3():
-        from portable_fp8.formats import E4M3FN
+        from portable_fp8.numerics.formats import E4M3FN
 
         return E4M3FN
 

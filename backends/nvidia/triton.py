@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from portable_fp8.backend import Backend
-from portable_fp8.hookspecs import hookimpl
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.dispatch.backend import Backend
+from portable_fp8.dispatch.hookspecs import hookimpl
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 from ._base import GEMM_MODES, NvidiaBackend
 from ._casts import scale_inv_of

@@ -16,9 +16,9 @@ from functools import partial
 import torch
 from portable_fp8.backends.reference import ReferenceBackend
 
-from portable_fp8.emulator.cast import codes_of
-from portable_fp8.formats import FORMATS, Format
-from portable_fp8.granularity import GRANULARITIES, TENSORWISE, Granularity
+from portable_fp8.numerics.cast import codes_of
+from portable_fp8.numerics.formats import FORMATS, Format
+from portable_fp8.numerics.granularity import GRANULARITIES, TENSORWISE, Granularity
 
 from .. import data
 from ..model import Case, CaseResult, Env, Verdict

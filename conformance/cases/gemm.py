@@ -4,10 +4,10 @@ Inputs are FP8 codes and scales made on the CPU (by the reference quantiser, or 
 random codes with power-of-two scales), moved to the backend's device (transposed operands
 as ``.t()`` views), and the result compared with the float64 product of the dequantised
 operands. An element passes when ``|C_backend - C_exact| <= bound`` with the bound of
-:func:`portable_fp8.emulator.gemm.gemm_error_bound` for the accumulator the backend declares,
+:func:`portable_fp8.numerics.gemm.gemm_error_bound` for the accumulator the backend declares,
 plus the float64 reference's own rounding (``gamma_{K+2}`` at ``u = 2**-53`` times
 ``sum |a||b|``, some 2**-29 of the fp32 term). Where the reference output (the exact value
-rounded to the output dtype, as :func:`~portable_fp8.emulator.gemm.reference_scaled_mm`
+rounded to the output dtype, as :func:`~portable_fp8.numerics.gemm.reference_scaled_mm`
 rounds it) is NaN the backend must give NaN; where it is +-inf, the same infinity.
 """
 
@@ -21,12 +21,12 @@ from functools import partial
 import torch
 from portable_fp8.backends.reference import ReferenceBackend
 
-from portable_fp8.backend import DEFAULT_GEMM_GRANULARITIES, Capabilities
-from portable_fp8.emulator.cast import as_fp8_tensor, codes_of, codes_to_float
-from portable_fp8.emulator.gemm import abs_product_sum, gemm_error_bound
-from portable_fp8.formats import FORMATS, Format, element_formats
-from portable_fp8.granularity import GRANULARITIES, Granularity, as_2d_shape
-from portable_fp8.tensor import Fp8Tensor
+from portable_fp8.dispatch.backend import DEFAULT_GEMM_GRANULARITIES, Capabilities
+from portable_fp8.numerics.cast import as_fp8_tensor, codes_of, codes_to_float
+from portable_fp8.numerics.formats import FORMATS, Format, element_formats
+from portable_fp8.numerics.gemm import abs_product_sum, gemm_error_bound
+from portable_fp8.numerics.granularity import GRANULARITIES, Granularity, as_2d_shape
+from portable_fp8.numerics.tensor import Fp8Tensor
 
 from ..model import Case, CaseResult, Env, Verdict
 

@@ -12,10 +12,10 @@ from functools import partial
 import torch
 from portable_fp8.backends.reference import ReferenceBackend
 
-from portable_fp8.emulator.cast import codes_of
-from portable_fp8.formats import Format, element_formats
-from portable_fp8.granularity import GRANULARITIES, Granularity, as_2d_shape
-from portable_fp8.scaling import round_scale_to_power_of_two
+from portable_fp8.numerics.cast import codes_of
+from portable_fp8.numerics.formats import Format, element_formats
+from portable_fp8.numerics.granularity import GRANULARITIES, Granularity, as_2d_shape
+from portable_fp8.numerics.scaling import round_scale_to_power_of_two
 
 from .. import data
 from ..model import Case, CaseResult, Env, Verdict

@@ -1,7 +1,7 @@
 """Stochastic rounding cases.
 
 *Explicit bits*: with the random words given, the result is bit-identical to the reference
-(the contract fixes which word rounds which way; see :mod:`portable_fp8.emulator.cast`).
+(the contract fixes which word rounds which way; see :mod:`portable_fp8.numerics.cast`).
 
 *Seeded statistics*: the same value ``x`` is cast ``N`` times with independent random words
 from a seeded generator. Every result must be one of ``x``'s two neighbours ``lo < hi`` in the
@@ -24,9 +24,9 @@ from functools import partial
 import torch
 from portable_fp8.backends.reference import ReferenceBackend
 
-from portable_fp8.emulator.cast import codes_of
-from portable_fp8.formats import FORMATS, Format
-from portable_fp8.granularity import TENSORWISE
+from portable_fp8.numerics.cast import codes_of
+from portable_fp8.numerics.formats import FORMATS, Format
+from portable_fp8.numerics.granularity import TENSORWISE
 
 from .. import data
 from ..model import Case, CaseResult, Env, Verdict

@@ -3,19 +3,21 @@
 ``torch.compile`` sees each call as one opaque op (with a fake implementation giving output
 shapes and dtypes), so a model with :class:`portable_fp8.nn.Linear` compiles with
 ``fullgraph=True``: the registry, the backend's Python and its kernels stay outside the
-graph and run at execution time through :mod:`portable_fp8.ops`, with all its validation.
+graph and run at execution time through :mod:`portable_fp8.dispatch.ops`, with all its validation.
 
 Ops (namespace ``portable_fp8_nn``):
 
 * ``quantize(x, format, granularity, scale, margin, power_of_two, backend) -> (data, scale)``
-  -- :func:`portable_fp8.ops.quantize`; ``data`` is contiguous, ``scale`` fp32 in the
+  -- :func:`portable_fp8.dispatch.ops.quantize`; ``data`` is contiguous, ``scale`` fp32 in the
   granularity's scale layout (a new tensor, even when ``scale`` was given).
 * ``quantize_transpose(x, format, scale, amax, margin, power_of_two, backend) -> (data,
-  data_t, scale, amax)`` -- :func:`portable_fp8.ops.quantize_transpose` (tensorwise, 2-D ``x``);
+  data_t, scale, amax)`` -- :func:`portable_fp8.dispatch.ops.quantize_transpose` (tensorwise,
+  2-D ``x``);
   ``data_t`` holds the codes of ``x.T``, contiguous.
 * ``scaled_mm(a_data, a_scale, a_format, a_granularity, b_data, b_scale, b_format,
-  b_granularity, out_dtype, fast_accum, backend) -> out`` -- :func:`portable_fp8.ops.scaled_mm`.
-* ``amax(x, backend) -> amax`` -- :func:`portable_fp8.ops.compute_amax` (0-d fp32).
+  b_granularity, out_dtype, fast_accum, backend) -> out`` --
+  :func:`portable_fp8.dispatch.ops.scaled_mm`.
+* ``amax(x, backend) -> amax`` -- :func:`portable_fp8.dispatch.ops.compute_amax` (0-d fp32).
 
 Gradients are not registered: the Linear's autograd Function calls these ops on detached
 tensors in its forward and backward.
@@ -25,11 +27,11 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
-from ..formats import get_format
-from ..granularity import as_2d_shape, get_granularity
-from ..registry import select_backend
-from ..tensor import Fp8Tensor
+from ..dispatch import ops
+from ..dispatch.registry import select_backend
+from ..numerics.formats import get_format
+from ..numerics.granularity import as_2d_shape, get_granularity
+from ..numerics.tensor import Fp8Tensor
 
 __all__ = ["quantize", "quantize_transpose", "scaled_mm", "amax", "gemm_dim_multiple"]
 

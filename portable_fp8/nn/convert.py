@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..backend import Backend
-from ..registry import select_backend
+from ..dispatch.backend import Backend
+from ..dispatch.registry import select_backend
 from .linear import Linear
 from .recipes import CurrentScaling, Recipe
 

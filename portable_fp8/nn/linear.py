@@ -15,7 +15,8 @@ Contract (per call, with ``x`` of shape (..., in) flattened to M x K and W of sh
   the transposed codes the other GEMM needs (cuBLASLt takes FP8 operands only as row-major A
   and column-major B); other granularities cast each operand along its GEMM's reduction
   dimension.
-* Every cast and GEMM goes through :mod:`portable_fp8.ops` (as torch.library custom ops, see
+* Every cast and GEMM goes through :mod:`portable_fp8.dispatch.ops` (as torch.library custom
+ops, see
   :mod:`._custom_ops`), so the registry chooses the backend as for any other call; ``backend``
   pins one by name.
 * Delayed scaling keeps ``amax_history`` (3 x history_len, rows: input, weight, grad_output;
@@ -35,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..formats import get_format
-from ..granularity import TENSORWISE, Granularity
-from ..scaling import scale_from_amax
+from ..numerics.formats import get_format
+from ..numerics.granularity import TENSORWISE, Granularity
+from ..numerics.scaling import scale_from_amax
 from . import _custom_ops as cops
 from .recipes import ROLES, CurrentScaling, DelayedScaling, GemmSpec, Recipe, StaticScaling
 

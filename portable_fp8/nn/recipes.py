@@ -15,7 +15,7 @@ Micikevicius et al., *FP8 Formats for Deep Learning* (arXiv:2209.05433). Each GE
 and output dtype can be changed with :class:`GemmSpec`.
 
 All scales follow the project's one convention: a scale is the quantisation multiplier
-(``q = fp8(x * s)``), see :mod:`portable_fp8.scaling`.
+(``q = fp8(x * s)``), see :mod:`portable_fp8.numerics.scaling`.
 
 Recipes:
 
@@ -43,9 +43,9 @@ from typing import Literal
 import torch
 
 from ..errors import Fp8ValueError
-from ..formats import get_format
-from ..granularity import Granularity, get_granularity
-from ..scaling import GAUDI2_HW_ALIGNED_SCALES
+from ..numerics.formats import get_format
+from ..numerics.granularity import Granularity, get_granularity
+from ..numerics.scaling import GAUDI2_HW_ALIGNED_SCALES
 
 __all__ = [
     "GemmSpec",

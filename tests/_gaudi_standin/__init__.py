@@ -80,7 +80,7 @@ def register_backend(backend, setitem=None) -> None:
     """Add ``backend`` to the loaded registry under its name (test-only: the registry has no
     public registration call besides entry points). ``setitem`` may be pytest's
     ``monkeypatch.setitem`` so the change is undone after the test."""
-    from portable_fp8 import registry
+    from portable_fp8.dispatch import registry
 
     state = registry._registry()
     put = setitem or (lambda d, k, v: d.__setitem__(k, v))

@@ -21,7 +21,7 @@ import os
 
 import torch
 
-from portable_fp8.emulator.cast import (
+from portable_fp8.numerics.cast import (
     amax,
     as_fp8_tensor,
     codes_of,
@@ -29,7 +29,7 @@ from portable_fp8.emulator.cast import (
     round_to_codes,
     scaled_fp32,
 )
-from portable_fp8.formats import E4M3_GAUDI2, E4M3FN, E5M2, Format
+from portable_fp8.numerics.formats import E4M3_GAUDI2, E4M3FN, E5M2, Format
 
 __all__ = ["STATE", "SCHEMAS", "set_generation", "register", "calls", "clear_log"]
 
@@ -154,7 +154,7 @@ def _fp8_gemm_v2(
     STATE["log"].append(("fp8_gemm_v2", dict(locals())))  # arguments as passed
     if out_dtype not in (torch.float32, torch.bfloat16):  # the bridge wrapper's check
         raise RuntimeError(f"fp8_gemm_v2: out_dtype {out_dtype} not supported")
-    # Products and their float64 sums are exact for E4M3 (see emulator/gemm.py); the
+    # Products and their float64 sums are exact for E4M3 (see numerics/gemm.py); the
     # hardware's fp32 accumulation is [UNVERIFIED]: the stand-in models an exact sum.
     out = _decode64(A, trans_A) @ _decode64(B, trans_B)
     if A_scale_inv is not None:

@@ -37,9 +37,9 @@ from typing import Literal
 
 import torch
 
-from ..formats import Format
-from ..granularity import Granularity, as_2d_shape
 from .cast import codes_of, codes_to_float
+from .formats import Format
+from .granularity import Granularity, as_2d_shape
 
 __all__ = [
     "AccumulatorModel",

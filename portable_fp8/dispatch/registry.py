@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import pluggy
 
+from ..errors import BackendUnavailableError, UnknownBackendError
 from .backend import Backend
-from .errors import BackendUnavailableError, UnknownBackendError
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT_NAME, BackendHookSpecs
 
 __all__ = [

@@ -13,12 +13,12 @@ from typing import NamedTuple
 
 import torch
 
-from .emulator.cast import amax as _amax
-from .emulator.gemm import AccumulatorModel
-from .formats import Format
-from .granularity import TENSORWISE, Granularity, as_2d_shape
-from .scaling import mx_scale_from_amax, scale_from_amax
-from .tensor import Fp8Tensor
+from ..numerics.cast import amax as _amax
+from ..numerics.formats import Format
+from ..numerics.gemm import AccumulatorModel
+from ..numerics.granularity import TENSORWISE, Granularity, as_2d_shape
+from ..numerics.scaling import mx_scale_from_amax, scale_from_amax
+from ..numerics.tensor import Fp8Tensor
 
 __all__ = ["Capabilities", "Backend", "CastTranspose", "DEFAULT_GEMM_GRANULARITIES"]
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from ..formats import Format, NanEncoding
+from .formats import Format, NanEncoding
 
 __all__ = [
     "scaled_fp32",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import Fp8ValueError
+from ..errors import Fp8ValueError
 
 __all__ = [
     "Granularity",

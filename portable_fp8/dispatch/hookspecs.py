@@ -3,7 +3,7 @@
 A backend plugin is a module (or object) listed under the entry-point group
 ``portable_fp8`` that implements::
 
-    from portable_fp8.hookspecs import hookimpl
+    from portable_fp8.dispatch.hookspecs import hookimpl
 
     @hookimpl
     def portable_fp8_backends():
@@ -30,7 +30,7 @@ class BackendHookSpecs:
 
     @hookspec
     def portable_fp8_backends(self) -> list:
-        """Return the :class:`portable_fp8.backend.Backend` instances this plugin provides.
+        """Return the :class:`portable_fp8.dispatch.backend.Backend` instances this plugin provides.
 
         Import optional dependencies lazily (inside the backend's methods or its
         ``unavailable_reason``), so a missing library makes the backend unavailable with a

@@ -23,7 +23,7 @@ from functools import cached_property
 
 import torch
 
-from .errors import UnknownFormatError
+from ..errors import UnknownFormatError
 
 __all__ = [
     "NanEncoding",

@@ -1,7 +1,8 @@
 """The FP8 operator API that model code calls.
 
 Every function validates its arguments here, once, then hands them to the backend chosen by
-the registry (see :mod:`portable_fp8.registry`). Which features a backend declares is checked
+the registry (see :mod:`portable_fp8.dispatch.registry`). Which features a backend declares is
+checked
 once per combination (backend, device, formats, granularities, ...) and remembered while the
 backend's ``capabilities`` object stays the same; the arguments' types, shapes, devices and
 values are checked on every call. Scales follow one convention: a scale is
@@ -18,14 +19,14 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import Fp8TypeError, Fp8ValueError, NotSupportedError
+from ..numerics.cast import amax as _amax
+from ..numerics.formats import Format, get_format
+from ..numerics.granularity import TENSORWISE, Granularity, as_2d_shape, get_granularity
+from ..numerics.scaling import reciprocal
+from ..numerics.tensor import Fp8Tensor
 from .backend import Backend, Capabilities, CastTranspose
-from .emulator.cast import amax as _amax
-from .errors import Fp8TypeError, Fp8ValueError, NotSupportedError
-from .formats import Format, get_format
-from .granularity import TENSORWISE, Granularity, as_2d_shape, get_granularity
 from .registry import select_backend
-from .scaling import reciprocal
-from .tensor import Fp8Tensor
 
 __all__ = [
     "cast_to_fp8",
@@ -261,7 +262,7 @@ def cast_to_fp8(
     tensor; None means 1). Rounding is to nearest even, or stochastic with explicit
     ``rand_bits`` (32-bit words, one per element) or random bits drawn from ``generator``.
     ``saturate`` selects the saturating or the OCP non-saturating overflow table. See
-    :mod:`portable_fp8.emulator.cast` for the exact contract.
+    :mod:`portable_fp8.numerics.cast` for the exact contract.
 
     >>> import torch, portable_fp8 as fp8
     >>> fp8.cast_to_fp8(torch.tensor([1.0, 500.0]), "e4m3fn").float()
@@ -326,7 +327,7 @@ def quantize(
     With ``scale=None`` the scales are computed from this tensor (current scaling): per
     block, ``scale = format.max / (amax * 2**margin)``, rounded down to a power of two if
     ``power_of_two`` (always, as the OCP MX rule, for ``mx_1x32``). A given ``scale`` must
-    have the granularity's scale shape (see :mod:`portable_fp8.granularity`).
+    have the granularity's scale shape (see :mod:`portable_fp8.numerics.granularity`).
     """
     x = _check_high_precision(x)
     fmt = _element_format(format)
@@ -424,7 +425,7 @@ def scaled_mm(
     """``out_dtype(A @ B + bias + c)`` for quantised ``a`` (M x K) and ``b`` (K x N).
 
     A and B are the dequantised operands; products are exact and the accumulation is the
-    backend's declared accumulator (see :mod:`portable_fp8.emulator.gemm`). Supported
+    backend's declared accumulator (see :mod:`portable_fp8.numerics.gemm`). Supported
     granularity pairs (A, B): tensorwise x tensorwise, rowwise x columnwise,
     block_1x128 x block_128x128 and mx_1x32 x mx_32x1, as the backend declares.
     ``bias`` has shape (N,), ``c`` (M, N); both must be floating point.
