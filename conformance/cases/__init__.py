@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..model import Case, Env
-from .casts import amax_cases, cast_cases, dequant_cases
+from .casts import amax_cases, cast_cases, dequant_block_cases, dequant_cases
 from .gemm import gemm_cases
 from .quantize import quantize_cases
 from .stochastic import stochastic_cases
@@ -22,6 +22,7 @@ def generate_cases(env: Env) -> list[Case]:
     for make in (
         cast_cases,
         dequant_cases,
+        dequant_block_cases,
         amax_cases,
         quantize_cases,
         stochastic_cases,
