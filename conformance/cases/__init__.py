@@ -9,11 +9,22 @@ from .casts import amax_cases, cast_cases, dequant_block_cases, dequant_cases
 from .gemm import gemm_cases
 from .quantize import quantize_cases
 from .stochastic import stochastic_cases
+from .transpose import transpose_cases
 
 __all__ = ["generate_cases", "KINDS"]
 
 #: Case kinds in the order they run.
-KINDS = ("cast", "dequant", "amax", "quantize", "stochastic", "gemm")
+KINDS = (
+    "cast",
+    "dequant",
+    "amax",
+    "quantize",
+    "quantize_transpose",
+    "stochastic",
+    "gemm",
+    "fingerprint",
+    "linear",
+)
 
 
 def generate_cases(env: Env) -> list[Case]:
@@ -25,6 +36,7 @@ def generate_cases(env: Env) -> list[Case]:
         dequant_block_cases,
         amax_cases,
         quantize_cases,
+        transpose_cases,
         stochastic_cases,
         gemm_cases,
     ):
