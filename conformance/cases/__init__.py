@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..model import Case, Env
+from .accumulator import accumulator_cases
 from .casts import amax_cases, cast_cases, dequant_block_cases, dequant_cases
 from .gemm import gemm_cases
 from .quantize import quantize_cases
@@ -39,6 +40,7 @@ def generate_cases(env: Env) -> list[Case]:
         transpose_cases,
         stochastic_cases,
         gemm_cases,
+        accumulator_cases,
     ):
         cases += make(env)
     dup = [i for i, n in Counter(c.id for c in cases).items() if n > 1]
