@@ -598,7 +598,7 @@ MUTANTS: tuple[Mutant, ...] = (
         NarrowAccumulator,
         "Scaled GEMM: accumulation",
         (
-            "gemm/e4m3fnxe4m3fn/tensorwisextensorwise/32x2048x32/nn/out=float32/positive",
+            "gemm/e4m3fnxe4m3fn/tensorwisextensorwise/32x*x32/nn/out=float32/positive",
             "fingerprint/accumulator",
         ),
         ("cast/*", "quantize/*", "gemm/*/1x1x1/*"),
