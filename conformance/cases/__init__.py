@@ -24,7 +24,6 @@ KINDS = (
     "stochastic",
     "gemm",
     "fingerprint",
-    "linear",
 )
 
 
