@@ -20,6 +20,9 @@ __all__ = [
     "float_mismatches",
     "fmt_float",
     "tensor_literal",
+    "result_problem",
+    "like_bf16_fp16_edges",
+    "strided_view",
 ]
 
 
@@ -123,3 +126,53 @@ def tensor_literal(x: torch.Tensor, dtype: str) -> str:
     """``torch.tensor([...], dtype=torch.<dtype>)`` reproducing ``x`` exactly."""
     vals = ", ".join(fmt_float(v) for v in x.reshape(-1).double().tolist())
     return f"torch.tensor([{vals}], dtype=torch.{dtype})"
+
+
+def result_problem(
+    got: torch.Tensor,
+    *,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    device: torch.device,
+    what: str = "result",
+) -> str | None:
+    """Why ``got`` is not a whole, well-formed result (dtype, shape, device), or None.
+
+    Every case checks this before comparing values: a wrong dtype or a result left on
+    another device is a failure even when the values would compare equal.
+    """
+    problems = []
+    if got.dtype != dtype:
+        problems.append(f"dtype {got.dtype}, want {dtype}")
+    if tuple(got.shape) != tuple(shape):
+        problems.append(f"shape {tuple(got.shape)}, want {tuple(shape)}")
+    if got.device.type != device.type:
+        problems.append(f"device {got.device}, want {device}")
+    return f"{what}: " + "; ".join(problems) if problems else None
+
+
+def like_bf16_fp16_edges(x32: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp32 decision points carried into ``dtype``: each point rounded to ``dtype`` and that
+    value's two ``dtype`` neighbours, so the decision point is bracketed at ``dtype``'s own
+    resolution (a bf16/fp16 input can only come that close to it)."""
+    if dtype == torch.float32:
+        return x32
+    y = x32.to(dtype)
+    up = torch.nextafter(y, torch.full_like(y, torch.inf))
+    down = torch.nextafter(y, torch.full_like(y, -torch.inf))
+    return torch.cat([y, up, down])
+
+
+def strided_view(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """The 2-D ``x`` in another memory layout with the same values: ``"contiguous"``,
+    ``"transposed"`` (a ``.t()`` view of a contiguous ``x.T``) or ``"strided"`` (every other
+    column of a twice-as-wide buffer whose other columns are NaN)."""
+    if layout == "contiguous":
+        return x.contiguous()
+    if layout == "transposed":
+        return x.t().contiguous().t()
+    if layout == "strided":
+        wide = torch.full((x.shape[0], 2 * x.shape[1]), torch.nan, dtype=x.dtype)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    raise ValueError(f"layout must be contiguous, transposed or strided, got {layout!r}")

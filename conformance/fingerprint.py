@@ -1,4 +1,6 @@
-"""Numerics fingerprint of a backend's GEMM and cast: measured, reported, never judged.
+"""Numerics fingerprint of a backend's GEMM and cast: measured and reported; the
+accumulator part is also judged against the declared model by the ``fingerprint`` cases
+(:mod:`portable_fp8.conformance.cases.accumulator`).
 
 Probes are built from FP8 values and go through the backend's ``scaled_mm`` (1 x K times
 K x 1 problems padded to the declared dimension multiple), in the spirit of Fasi, Higham,
@@ -26,7 +28,7 @@ from portable_fp8.numerics.tensor import Fp8Tensor
 
 from .model import Env
 
-__all__ = ["numerics_fingerprint", "PROBE_POSITIONS"]
+__all__ = ["numerics_fingerprint", "measure_accumulator", "PROBE_POSITIONS"]
 
 #: Positions (in K) of the small product relative to the large one at position 0.
 PROBE_POSITIONS = (1, 8, 16, 31, 32, 64, 100, 127, 128, 200, 256, 511, 512, 1024)
@@ -47,8 +49,12 @@ def _code(fmt: Format, value: float) -> int:
 class _Prober:
     """Runs dot products of exact FP8 values through the backend (fp32 output)."""
 
-    def __init__(self, env: Env, prefer: tuple[str, str] = ("e4m3fn", "e4m3fn")) -> None:
+    def __init__(
+        self, env: Env, prefer: tuple[str, str] = ("e4m3fn", "e4m3fn"), fast: bool = False
+    ) -> None:
         caps = env.backend.capabilities
+        #: Probe the fast accumulator (pass fast_accum=True, as the op layer does).
+        self.fast = caps.runs_fast_accumulator(fast)
         pairs = sorted(caps.gemm_formats)
         pair = prefer if prefer in pairs else pairs[0]
         self.env = env
@@ -94,7 +100,8 @@ class _Prober:
             dev(as_fp8_tensor(b, self.fb)), dev(torch.tensor(1.0 / b_inv)), self.fb, TENSORWISE
         )
         c_in = None if c is None else dev(torch.full((m, n), c, dtype=self.out))
-        out = self.env.backend.scaled_mm(qa, qb, out_dtype=self.out, bias=None, c=c_in)
+        kw = {"fast_accum": True} if self.fast else {}
+        out = self.env.backend.scaled_mm(qa, qb, out_dtype=self.out, bias=None, c=c_in, **kw)
         return out.cpu().double()[:, : len(b_cols)]
 
 
@@ -240,6 +247,36 @@ def _cast_overflow(env: Env) -> dict[str, str]:
     return out
 
 
+def measure_accumulator(env: Env, fast: bool = False) -> dict[str, Any]:
+    """The accumulator as measured: fraction bits kept by distance, the narrowest and where,
+    its rounding there, and the distances at which accumulation is wider (promotion).
+
+    ``bits`` maps each of :data:`PROBE_POSITIONS` to an int, or a string where the sum was
+    exact over the whole probe range (or the probe raised). Raises where no probe can run.
+    """
+    p = _Prober(env, fast=fast)
+    if not p.tensorwise or not env.backend.capabilities.gemm_formats:
+        raise ValueError("the probes need tensorwise GEMMs")
+    bits: dict[int, Any] = {}
+    for pos in PROBE_POSITIONS:
+        try:
+            bits[pos] = _bits_kept(p, pos)
+        except Exception as exc:
+            bits[pos] = f"raised {type(exc).__name__}: {exc}"
+    out: dict[str, Any] = {"prober": p, "bits": bits}
+    numeric = {k: v for k, v in bits.items() if isinstance(v, int)}
+    if numeric:
+        narrowest = min(numeric.values())
+        at = min(k for k, v in numeric.items() if v == narrowest)
+        out["narrowest"], out["at"] = narrowest, at
+        try:
+            out["rounding"] = _rounding(p, narrowest, at)
+        except Exception as exc:
+            out["rounding"] = f"raised {type(exc).__name__}: {exc}"
+        out["wider_from"] = [k for k, v in numeric.items() if v > narrowest and k > at]
+    return out
+
+
 def numerics_fingerprint(env: Env) -> dict[str, Any]:
     """The measured behaviour (see the module docstring); errors are reported, not raised."""
     fp: dict[str, Any] = {}
@@ -251,24 +288,15 @@ def numerics_fingerprint(env: Env) -> dict[str, Any]:
         fp["gemm"] = "not measured: the probes need tensorwise GEMMs"
     else:
         fp["probe formats"] = f"{p.fa.name} x {p.fb.name}, out {p.out}"
-        bits: dict[int, Any] = {}
-        for pos in PROBE_POSITIONS:
-            try:
-                bits[pos] = _bits_kept(p, pos)
-            except Exception as exc:
-                bits[pos] = f"raised {type(exc).__name__}: {exc}"
+        m = measure_accumulator(env)
+        bits = m["bits"]
         fp["accumulator fraction bits by distance"] = {str(k): v for k, v in bits.items()}
         numeric = {k: v for k, v in bits.items() if isinstance(v, int)}
         if numeric:
             far = max(numeric)
-            narrowest = min(numeric.values())
-            fp["effective accumulator precision (fraction bits)"] = narrowest
-            at = min(k for k, v in numeric.items() if v == narrowest)
-            try:
-                fp["accumulator rounding"] = _rounding(p, narrowest, at)
-            except Exception as exc:
-                fp["accumulator rounding"] = f"raised {type(exc).__name__}: {exc}"
-            wider = [k for k, v in numeric.items() if v > narrowest and k > at]
+            fp["effective accumulator precision (fraction bits)"] = m["narrowest"]
+            fp["accumulator rounding"] = m["rounding"]
+            wider = m["wider_from"]
             fp["promotion interval"] = (
                 f"wider accumulation from distance {min(wider)} on (promotion every "
                 f"~{min(wider)} elements of K or fewer)"

@@ -8,7 +8,9 @@ and applies the known-deviations file; cases only measure and decide.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +19,7 @@ import torch
 
 from portable_fp8.dispatch.backend import Backend
 
-__all__ = ["Verdict", "CaseResult", "Case", "Env", "PROFILES", "backend_device"]
+__all__ = ["Verdict", "CaseResult", "Case", "Env", "PROFILES", "backend_device", "case_seed"]
 
 #: The two profiles: ``quick`` for CI (a minute on two CPU cores), ``full`` for bring-up.
 PROFILES = ("quick", "full")
@@ -49,6 +51,50 @@ class CaseResult:
     reproducer: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: sha256 over every input tensor the case sent to the backend (dtype, shape, strides and
+    #: bytes, in the order sent): equal hashes on two machines mean equal inputs.
+    input_sha256: str = ""
+
+
+class _Sent:
+    """The inputs one case sends to the backend: a running hash and pristine copies.
+
+    Every tensor a case moves to the device goes through :meth:`Env.to_device`, which
+    records it here; after the case, :meth:`modified` says which ones the backend wrote to.
+    """
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def add(self, cpu: torch.Tensor, moved: torch.Tensor) -> None:
+        flat = cpu.detach().contiguous().reshape(-1)
+        self.hash.update(f"{cpu.dtype}{tuple(cpu.shape)}{cpu.stride()};".encode())
+        self.hash.update(flat.view(torch.uint8).numpy().tobytes())
+        self.pairs.append((moved, moved.detach().clone()))
+
+    def modified(self) -> list[int]:
+        """Indices (in the order sent) of inputs whose bits changed since they were sent."""
+        bad = []
+        for i, (moved, before) in enumerate(self.pairs):
+            now, was = moved.detach().cpu(), before.cpu()
+            if now.shape != was.shape or not _same_bits(now, was):
+                bad.append(i)
+        return bad
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.numel() == 0:
+        return True
+    as_bytes = [t.contiguous().reshape(-1).view(torch.uint8) for t in (a, b)]
+    return bool(torch.equal(*as_bytes))
+
+
+def case_seed(seed: int, case_id: str, salt: int = 0) -> int:
+    """A 63-bit seed from the run's seed, the case id and ``salt`` (sha256: stable across
+    processes and machines, unlike Python's ``hash``)."""
+    digest = hashlib.sha256(f"{seed}/{case_id}/{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass(frozen=True)
@@ -59,18 +105,33 @@ class Env:
     device: torch.device
     profile: str = "quick"
     seed: int = 20260
+    #: The case being run (set by the runner; seeds :meth:`generator`).
+    case_id: str = ""
+    sent: _Sent | None = field(default=None, compare=False, repr=False)
 
     @property
     def full(self) -> bool:
         return self.profile == "full"
 
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
-        """Move an input generated on the CPU to the backend's device (strides kept)."""
-        return t.to(self.device)
+        """Move an input generated on the CPU to the backend's device (strides kept), hash it
+        and keep a copy to check that the backend leaves it unmodified."""
+        moved = t.to(self.device)
+        if self.sent is not None:
+            self.sent.add(t, moved)
+        return moved
 
     def generator(self, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded from the run's seed and ``salt`` (inputs are reproducible)."""
-        return torch.Generator().manual_seed(self.seed * 1000003 + salt)
+        """A CPU generator seeded from the run's seed, the case id and ``salt``.
+
+        Every random input of a case comes from such a generator (never torch's global
+        one), so a case id names the same inputs in every process and on every machine.
+        """
+        return torch.Generator().manual_seed(case_seed(self.seed, self.case_id, salt))
+
+    def for_case(self, case_id: str) -> Env:
+        """This environment for running ``case_id`` (its own seed and input record)."""
+        return dataclasses.replace(self, case_id=case_id, sent=_Sent())
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ def report_to_dict(report: SuiteReport) -> dict[str, Any]:
                     "detail": r.result.detail,
                     "reproducer": r.result.reproducer,
                     "extra": r.result.extra,
+                    "input_sha256": r.result.input_sha256,
                     "seconds": round(r.result.seconds, 4),
                 }
                 for r in report.records

@@ -117,13 +117,35 @@ def _versions(backend: Backend, device: torch.device) -> dict[str, Any]:
     return info
 
 
+def _check_inputs_untouched(env: Env, result: CaseResult) -> CaseResult:
+    """Fail a case whose backend wrote into a tensor it was given (the contract's ops are
+    functional: inputs are read only)."""
+    assert env.sent is not None
+    bad = env.sent.modified()
+    if not bad:
+        return result
+    shapes = [tuple(env.sent.pairs[i][0].shape) for i in bad]
+    return CaseResult(
+        Verdict.FAILED,
+        len(bad),
+        0,
+        detail=f"the backend modified {len(bad)} of its {len(env.sent.pairs)} input tensors "
+        f"in place (inputs {bad}, shapes {shapes}); ops must leave their inputs unchanged"
+        + (f" | {result.detail}" if result.detail else ""),
+        reproducer=result.reproducer,
+        extra=result.extra,
+    )
+
+
 def run_one(case: Case, env: Env, deviations: dict[str, str]) -> CaseResult:
     """Run one case (unless unsupported), turn exceptions into failures, apply deviations."""
     if case.unsupported is not None:
         return CaseResult(Verdict.NOT_SUPPORTED, detail=case.unsupported)
     start = time.perf_counter()
+    env = env.for_case(case.id)
     try:
         result = case.run(env)
+        result = _check_inputs_untouched(env, result)
     except Exception as exc:
         tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
         where = "".join(tb[-3:]).strip()
@@ -133,6 +155,8 @@ def run_one(case: Case, env: Env, deviations: dict[str, str]) -> CaseResult:
             reproducer="# traceback tail:\n# " + where.replace("\n", "\n# "),
         )
     result.seconds = time.perf_counter() - start
+    assert env.sent is not None
+    result.input_sha256 = env.sent.hash.hexdigest()
     if result.verdict is Verdict.FAILED and case.id in deviations:
         result.verdict = Verdict.KNOWN_DEVIATION
         result.detail = f"known deviation: {deviations[case.id]} | {result.detail}"

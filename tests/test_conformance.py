@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _mutants import IgnoresBias, NarrowAccumulator, TiesAwayFromZero
 from portable_fp8.backends.reference import ReferenceBackend
 from portable_fp8.conformance import Verdict, list_cases, resolve_backend, run_case, run_suite
 from portable_fp8.conformance.cases.stochastic import hoeffding_tolerance
@@ -21,7 +22,6 @@ from portable_fp8.conformance.fingerprint import numerics_fingerprint
 from portable_fp8.conformance.model import Env
 from portable_fp8.conformance.report_html import error_vs_k_svg, render_html, write_html
 from portable_fp8.conformance.report_json import report_to_dict
-from test_conformance_mutants import IgnoresBias, NarrowAccumulator, TiesAwayFromZero
 
 import portable_fp8.cli
 from portable_fp8.dispatch import registry
@@ -161,6 +161,61 @@ def test_example_deviations_file_names_real_cases():
     assert devs and set(devs) <= ids
 
 
+_HASH_SCRIPT = """
+import json, sys, torch
+torch.manual_seed(int(sys.argv[1]))  # a different global generator state in each process
+torch.rand(int(sys.argv[1]) % 97 + 1)
+from portable_fp8.conformance import list_cases, run_suite
+ids = [c.id for c in list_cases("cpu", "quick")][::{step}]
+r = run_suite("cpu", progress=False, fingerprint=False, select=set(ids).__contains__)
+print(json.dumps({{x.id: [x.result.input_sha256, x.result.verdict.value] for x in r.records}}))
+"""
+
+
+def test_inputs_and_verdicts_are_reproducible_across_processes():
+    """A sample of cases (every kind) run in two processes whose global generators differ
+    sends the same inputs (equal sha256) and reaches the same verdicts."""
+    runs = []
+    for seed in (1, 987654):
+        out = subprocess.run(
+            [sys.executable, "-c", _HASH_SCRIPT.format(step=29), str(seed)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(out.stdout))
+    first, second = runs
+    assert first == second
+    kinds = {i.split("/")[0] for i in first}
+    assert {"cast", "dequant", "amax", "quantize", "quantize_transpose", "gemm"} <= kinds
+    hashes = [h for h, v in first.values() if v != "not supported"]
+    assert all(len(h) == 64 for h in hashes)
+    assert len(set(hashes)) > len(hashes) // 2  # distinct cases send distinct inputs
+
+
+def test_case_seeds_depend_on_the_case_id_only():
+    env = Env(ReferenceBackend(), torch.device("cpu"))
+    a = env.for_case("x/1").generator(3)
+    b = env.for_case("x/1").generator(3)
+    c = env.for_case("x/2").generator(3)
+    assert torch.equal(torch.rand(8, generator=a), torch.rand(8, generator=b))
+    assert not torch.equal(torch.rand(8, generator=b), torch.rand(8, generator=c))
+
+
+def test_a_backend_writing_into_its_input_fails_the_case():
+    class InPlace(ReferenceBackend):
+        name = "mutant-in-place-amax"
+
+        def amax(self, x, granularity):
+            out = super().amax(x, granularity)
+            x.zero_()
+            return out
+
+    result = run_case("amax/rowwise/random/float32", InPlace(), profile="quick")
+    assert result.verdict is Verdict.FAILED
+    assert "modified 1 of its 1 input tensors in place" in result.detail
+
+
 def test_case_ids_are_stable_and_unique():
     ids = [c.id for c in list_cases("reference", "full")]
     assert len(ids) == len(set(ids))
@@ -219,6 +274,7 @@ def test_json_report_is_complete_and_strict_json(failing_report):
     case = next(c for c in d["cases"] if c["verdict"] == "failed")
     assert {"id", "inputs", "error", "bound", "verdict", "reproducer"} <= set(case)
     assert case["error"] > 0 and case["bound"] == 0
+    assert all(len(c["input_sha256"]) == 64 for c in d["cases"] if c["verdict"] != "not supported")
 
 
 def test_html_report_lists_failures_first_with_a_reproducer(failing_report):

@@ -5,15 +5,26 @@ from __future__ import annotations
 from collections import Counter
 
 from ..model import Case, Env
-from .casts import amax_cases, cast_cases, dequant_cases
+from .accumulator import accumulator_cases
+from .casts import amax_cases, cast_cases, dequant_block_cases, dequant_cases
 from .gemm import gemm_cases
 from .quantize import quantize_cases
 from .stochastic import stochastic_cases
+from .transpose import transpose_cases
 
 __all__ = ["generate_cases", "KINDS"]
 
 #: Case kinds in the order they run.
-KINDS = ("cast", "dequant", "amax", "quantize", "stochastic", "gemm")
+KINDS = (
+    "cast",
+    "dequant",
+    "amax",
+    "quantize",
+    "quantize_transpose",
+    "stochastic",
+    "gemm",
+    "fingerprint",
+)
 
 
 def generate_cases(env: Env) -> list[Case]:
@@ -22,10 +33,13 @@ def generate_cases(env: Env) -> list[Case]:
     for make in (
         cast_cases,
         dequant_cases,
+        dequant_block_cases,
         amax_cases,
         quantize_cases,
+        transpose_cases,
         stochastic_cases,
         gemm_cases,
+        accumulator_cases,
     ):
         cases += make(env)
     dup = [i for i, n in Counter(c.id for c in cases).items() if n > 1]

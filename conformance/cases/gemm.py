@@ -28,6 +28,7 @@ from portable_fp8.numerics.gemm import abs_product_sum, gemm_error_bound
 from portable_fp8.numerics.granularity import GRANULARITIES, Granularity, as_2d_shape
 from portable_fp8.numerics.tensor import Fp8Tensor
 
+from .. import data
 from ..model import Case, CaseResult, Env, Verdict
 
 __all__ = ["GemmSpec", "gemm_cases", "run_gemm"]
@@ -45,6 +46,9 @@ _DATA_TEXT = {
     "huge": "random codes with power-of-two scales putting sum |a||b| near 2^126",
     "tiny": "random codes with power-of-two scales putting the smallest product at 2^-126",
     "fp8-subnormal": "A made of FP8 subnormal codes only (B random codes), scale 1",
+    "inf-zero": "random codes; A[0, 0] = +inf opposite B's zero row 0 (C row 0: NaN), "
+    "A[1, 2] = -inf opposite nonzero B row 2 (C row 1: -inf x sign), NaN at A[2, 1] "
+    "(C row 2: NaN), -0 codes in A row 3",
 }
 
 
@@ -171,6 +175,8 @@ def _operand(spec: GemmSpec, which: str, g: torch.Generator) -> Fp8Tensor:
             spread = 0
         scale = _pow2_scales(stored_gran, stored_shape, exponent, spread, g)
         q = Fp8Tensor(as_fp8_tensor(codes, fmt), scale, fmt, stored_gran)
+    if spec.data == "inf-zero":
+        _place_inf_zero(q, fmt, which, transposed)
     if which == "a" and spec.data in ("nan", "inf"):
         flat = codes_of(q.data).reshape(-1)
         if spec.data == "nan":
@@ -179,6 +185,23 @@ def _operand(spec: GemmSpec, which: str, g: torch.Generator) -> Fp8Tensor:
             flat[flat.numel() // 3] = fmt.inf_code
             flat[flat.numel() // 2] = fmt.inf_code | 0x80
     return q.t() if transposed else q
+
+
+def _place_inf_zero(q: Fp8Tensor, fmt: Format, which: str, transposed: bool) -> None:
+    """Write the ``inf-zero`` specials into the stored codes (see ``_DATA_TEXT``)."""
+    codes = codes_of(q.data)
+    logical = codes.t() if transposed else codes  # (M, K) for A, (K, N) for B
+    if which == "a":
+        logical[0, 0] = fmt.inf_code
+        logical[1, 2] = fmt.inf_code | 0x80
+        logical[1, 0] = 0  # row 1 meets B's zero row with a zero: stays -inf, not NaN
+        logical[2, 1] = fmt.nan_code
+        logical[3] = 0x80 if fmt.has_negative_zero else 0
+    else:
+        logical[0] = 0  # B row 0: zeros, opposite A's +inf
+        nonzero = logical[2] & 0x7F
+        logical[2] = torch.where(nonzero == 0, logical[2] | 0x08, logical[2])  # no zero in row 2
+        logical[2] &= 0x7F  # and positive: C row 1 is -inf everywhere
 
 
 def _on_device(env: Env, q: Fp8Tensor, transposed: bool) -> Fp8Tensor:
@@ -198,6 +221,23 @@ def _dequant64(q: Fp8Tensor) -> torch.Tensor:
 
 # -- the check -----------------------------------------------------------------------------
 
+#: GEMMs up to this many multiply-adds also get the second call (see run_gemm).
+_SECOND_CALL_MAX = 1 << 22
+
+
+def _negated(q: Fp8Tensor) -> Fp8Tensor:
+    """``-q`` (the sign bit of every code flipped; NaN codes kept, formats without -0 keep 0)."""
+    codes = codes_of(q.data)
+    fmt = q.format
+    flipped = codes ^ 0x80
+    keep = torch.isnan(fmt.code_values.to(codes.device)[codes.to(torch.int64)]) | (
+        (codes & 0x7F) == 0
+    )
+    if fmt.has_negative_zero:
+        keep &= (codes & 0x7F) != 0
+    neg = torch.where(keep, codes, flipped)
+    return Fp8Tensor(as_fp8_tensor(neg, fmt), q.scale, fmt, q.granularity)
+
 
 def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
     """Run one GEMM on the backend and judge it (see the module docstring)."""
@@ -207,20 +247,30 @@ def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
     c = torch.randn(spec.m, spec.n, generator=g).mul(4).to(spec.out) if spec.c else None
     caps = env.backend.capabilities
     fast = caps.runs_fast_accumulator(spec.fast_accum)  # as the op layer decides
-    got = env.backend.scaled_mm(
-        _on_device(env, a, spec.layout[0] == "t"),
-        _on_device(env, b, spec.layout[1] == "t"),
-        out_dtype=spec.out,
-        bias=None if bias is None else env.to_device(bias),
-        c=None if c is None else env.to_device(c),
-        **({"fast_accum": True} if fast else {}),
-    )
-    got = got.cpu()
-    if tuple(got.shape) != (spec.m, spec.n) or got.dtype != spec.out:
-        return CaseResult(
-            Verdict.FAILED,
-            detail=f"result {tuple(got.shape)} {got.dtype}, want ({spec.m}, {spec.n}) {spec.out}",
+    dev_a = _on_device(env, a, spec.layout[0] == "t")
+    dev_b = _on_device(env, b, spec.layout[1] == "t")
+    dev_bias = None if bias is None else env.to_device(bias)
+    dev_c = None if c is None else env.to_device(c)
+    kw = {"fast_accum": True} if fast else {}
+    first = env.backend.scaled_mm(dev_a, dev_b, out_dtype=spec.out, bias=dev_bias, c=dev_c, **kw)
+    problem = data.result_problem(first, dtype=spec.out, shape=(spec.m, spec.n), device=env.device)
+    if problem:
+        return CaseResult(Verdict.FAILED, detail=problem)
+    got = first.cpu().clone()
+    # A second call (on A negated, so every nonzero output changes) must not disturb the
+    # first result: results are independent tensors, not a reused buffer.
+    if spec.m * spec.k * spec.n <= _SECOND_CALL_MAX:
+        second = env.backend.scaled_mm(
+            _negated(dev_a), dev_b, out_dtype=spec.out, bias=dev_bias, c=dev_c, **kw
         )
+        if not bool(data.float_mismatches(first, got).logical_not().all()):
+            return CaseResult(
+                Verdict.FAILED,
+                detail="a second scaled_mm call changed the first call's result (the result "
+                "aliases a buffer the backend reuses)",
+            )
+        if second.numel() and second.data_ptr() == first.data_ptr():
+            return CaseResult(Verdict.FAILED, detail="two calls returned the same storage")
     exact = _dequant64(a) @ _dequant64(b)
     addends = torch.zeros_like(exact)
     if bias is not None:
@@ -335,6 +385,12 @@ def _specs(env: Env) -> list[GemmSpec]:
                 specs.append(replace(base, ga=gpair[0], gb=gpair[1], k=320, out=o, data=d))
         for layout in ("tn", "nt", "tt"):
             specs.append(replace(base, ga=gpair[0], gb=gpair[1], k=320, layout=layout))
+        # M = N = K: A's rowwise and B's columnwise scales (or blocks) have equal lengths,
+        # so only their layout tells them apart; every operand layout.
+        for layout in ("nn", "tn", "nt", "tt"):
+            specs.append(
+                replace(base, ga=gpair[0], gb=gpair[1], m=128, k=128, n=128, layout=layout)
+            )
         if env.full:
             for m, k, n in ((37, 200, 45), (1, 129, 1), (130, 257, 17)):
                 specs.append(replace(base, ga=gpair[0], gb=gpair[1], m=m, k=k, n=n, data="codes"))
@@ -346,7 +402,9 @@ def _specs(env: Env) -> list[GemmSpec]:
             replace(base, out=o, bias=True, c=True, layout="tn"),
         ]
     # Adversarial shapes (non-multiples of 16 are "not supported" when K, N must be multiples).
+    # Empty operands (M, N or K of 0: a K = 0 product is all zeros, plus bias/C) included.
     shapes = [(1, 1, 1), (3, 5, 7), (17, 33, 65), (16, 16, 16), (1, 64, 16)]
+    shapes += [(0, 32, 16), (16, 0, 16), (16, 32, 0)]
     if env.full:
         shapes += [(127, 129, 63), (256, 48, 1), (1, 4096, 1), (1000, 1000, 24), (64, 8192, 64)]
     for m, k, n in shapes:
@@ -363,6 +421,20 @@ def _specs(env: Env) -> list[GemmSpec]:
         specs.append(
             replace(base, fa=inf_pair[0], fb=inf_pair[1], m=24, k=96, n=32, out=o, data="inf")
         )
+        for layout in ("nn", "tt"):
+            specs.append(
+                replace(
+                    base,
+                    fa=inf_pair[0],
+                    fb=inf_pair[1],
+                    m=24,
+                    k=96,
+                    n=32,
+                    out=o,
+                    layout=layout,
+                    data="inf-zero",
+                )
+            )
     # K sweep (the error-versus-K plot): fp32 output, so the accumulator dominates.
     ks = (16, 64, 256, 1024, 4096, 16384) if env.full else (16, 256, 2048)
     sweep_grans = gran_pairs if env.full else [(ga, gb)]

@@ -146,6 +146,82 @@ def _run_seeded(
     return CaseResult(verdict, dev, tol, detail=detail + f"; |k/N - f| <= {tol:.2e}", extra=extra)
 
 
+_WORDS = {"random": None, "zero": 0, "ones": -1}  # -1: the word 0xFFFFFFFF
+
+
+def _rule_inputs(env: Env, fmt: Format, which: str, words: str):
+    """(x, bits, lo, hi): ``exact``: every finite value of the format (both signs), so
+    lo = hi = x; ``between``: a value strictly between every pair of neighbouring finite
+    values (at a random fraction), with lo and hi those neighbours (signed as x)."""
+    g = env.generator(43)
+    v = fmt.code_values
+    finite = v[torch.isfinite(v)].unique().sort().values.double()
+    if which == "exact":
+        lo = hi = finite
+        x = finite
+    else:
+        pos = finite[finite >= 0]
+        lo, hi = pos[:-1], pos[1:]
+        frac = torch.rand(lo.shape, generator=g, dtype=torch.float64) * 0.98 + 0.01
+        x = lo + frac * (hi - lo)
+        if fmt.signed:
+            x, lo, hi = torch.cat([x, -x]), torch.cat([lo, -lo]), torch.cat([hi, -hi])
+    x = x.to(torch.float32)
+    if _WORDS[words] is None:
+        bits = torch.randint(-(2**31), 2**31, x.shape, dtype=torch.int64, generator=g)
+    else:
+        bits = torch.full(x.shape, _WORDS[words], dtype=torch.int64)
+    return x, bits.to(torch.int32), lo, hi
+
+
+def _run_rule(env: Env, fmt: Format, which: str, words: str) -> CaseResult:
+    """Exact values stay exact and others go to one of their two neighbours, for any words;
+    and the codes are the reference's (the words 0 and 0xFFFFFFFF at the edges of the rule)."""
+    x, bits, lo, hi = _rule_inputs(env, fmt, which, words)
+    one = torch.tensor(1.0)
+    want = _REF.cast_to_fp8(x, fmt, one, TENSORWISE, saturate=True, rand_bits=bits)
+    got = env.backend.cast_to_fp8(
+        env.to_device(x),
+        fmt,
+        env.to_device(one),
+        TENSORWISE,
+        saturate=True,
+        rand_bits=env.to_device(bits),
+    )
+    problem = data.result_problem(
+        got, dtype=fmt.torch_dtype, shape=tuple(x.shape), device=env.device
+    )
+    if problem:
+        return CaseResult(Verdict.FAILED, detail=problem)
+    got = got.cpu()
+    values = fmt.code_values[codes_of(got).to(torch.int64)].double()
+    # -0 and +0 are one value here: the neighbour rule is about values, the codes are
+    # compared exactly below.
+    off = ~((values == lo) | (values == hi))
+    n_off = int(off.sum())
+    bad = data.code_mismatches(got, want, fmt)
+    n_bad = int(bad.sum())
+    if n_off == 0 and n_bad == 0:
+        return CaseResult(Verdict.PASSED, 0, 0, detail=f"{x.numel()} values")
+    parts = []
+    if n_off:
+        i = int(off.nonzero()[0, 0])
+        rule = "not exact" if which == "exact" else "not one of its two neighbours"
+        parts.append(
+            f"{n_off} results {rule} (first x={float(x[i])!r}, word "
+            f"{int(bits[i]) & 0xFFFFFFFF:#010x}: got {float(values[i])!r}, allowed "
+            f"{float(lo[i])!r}, {float(hi[i])!r})"
+        )
+    if n_bad:
+        i = int(bad.nonzero()[0, 0])
+        parts.append(
+            f"{n_bad} codes differ from the reference (first x={float(x[i])!r} word "
+            f"{int(bits[i]) & 0xFFFFFFFF:#010x}: got 0x{int(codes_of(got)[i]):02x} want "
+            f"0x{int(codes_of(want)[i]):02x})"
+        )
+    return CaseResult(Verdict.FAILED, n_off + n_bad, 0, detail="; ".join(parts))
+
+
 def stochastic_cases(env: Env) -> list[Case]:
     """Explicit-bits bit-exactness and seeded statistics for every declared cast format."""
     caps = env.backend.capabilities
@@ -167,6 +243,23 @@ def stochastic_cases(env: Env) -> list[Case]:
                 unsupported=reason,
             )
         )
+        for which in ("exact", "between"):
+            for words in _WORDS:
+                cases.append(
+                    Case(
+                        id=f"sr/{fmt.name}/{which}/words={words}",
+                        kind="stochastic",
+                        description=(
+                            "every finite value of the format (must stay exact)"
+                            if which == "exact"
+                            else "a value inside every gap between neighbouring values "
+                            "(must give one of the two)"
+                        )
+                        + f"; {words} 32-bit words",
+                        run=partial(_run_rule, fmt=fmt, which=which, words=words),
+                        unsupported=reason,
+                    )
+                )
         for label, lo, hi in _neighbours(fmt):
             for frac in _FRACTIONS if env.full else _FRACTIONS[:2]:
                 for negative in (False, True) if fmt.signed else (False,):
