@@ -86,7 +86,7 @@ def resolve_backend(backend: Backend | str | None) -> Backend:
     choice (the available backend of highest priority on any device of this machine)."""
     if isinstance(backend, Backend):
         return backend
-    name = backend or os.environ.get(registry.ENV_VAR) or None
+    name = backend or registry.env_backend_name()
     if name:
         return registry.get_backend(name)
     available = [
