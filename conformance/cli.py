@@ -1,16 +1,41 @@
 """``portable-fp8 conformance``: run the suite from the command line.
 
-Exit status 0 only if no case failed (1 if some did, 2 for a usage or backend error).
+Exit statuses:
+
+* 0: every selected case ran and none failed;
+* 1: some case failed (the reports say which);
+* 2: usage error, found before any case runs: unknown or unavailable backend, a ``--case``
+  pattern matching no case, an unreadable or malformed ``--deviations`` file, a ``--json``,
+  ``--report`` or ``--markdown`` path that cannot be written;
+* 3: interrupted (Ctrl-C / SIGINT: the reports are written, marked interrupted, with the
+  cases that ran) or an internal error.
+
+Reports are written atomically (a temporary file in the same directory, then renamed), so a
+reader never sees half a report.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import shlex
 import sys
+import traceback
 
+from ._files import output_path_problem
+from .deviations import load_deviations
 from .model import PROFILES, Verdict
-from .runner import SuiteReport, run_suite
+from .runner import SuiteInterrupted, SuiteReport, list_cases, run_suite
+
+#: Exit statuses (the module docstring and ``--help`` explain them).
+EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 3
+
+_EPILOG = """exit status:
+  0  every selected case ran and none failed
+  1  some case failed
+  2  usage error (unknown/unavailable backend, --case matching nothing, unreadable
+     --deviations file, unwritable --json/--report/--markdown path); nothing ran
+  3  interrupted (reports written, marked "interrupted") or internal error"""
 
 __all__ = ["add_parser", "main", "summary_table"]
 
@@ -36,38 +61,77 @@ def summary_table(report: SuiteReport) -> str:
         lines.append(f"... and {len(report.failed) - 50} more failures (see the reports)")
     lines.append(
         f"backend {report.backend} on {report.device}, profile {report.profile}, "
-        f"{report.seconds:.1f} s: {'PASSED' if report.ok else 'FAILED'}"
+        f"{report.seconds:.1f} s: {report.status.upper()}"
     )
     return "\n".join(lines)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _usage_error(message: str) -> int:
+    print(f"portable-fp8 conformance: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _write_reports(report: SuiteReport, args: argparse.Namespace) -> None:
     from .report_html import write_html
     from .report_json import write_json
     from .report_md import write_markdown
 
+    for path, write in ((args.json, write_json), (args.report, write_html),
+                        (args.markdown, write_markdown)):  # fmt: skip
+        if path:
+            write(report, path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    for option in ("json", "report", "markdown"):
+        path = getattr(args, option)
+        problem = None if path is None else output_path_problem(path)
+        if problem is not None:
+            return _usage_error(f"--{option} {path!r} cannot be written: {problem}")
     command = "portable-fp8 " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        deviations = load_deviations(args.deviations)
+        cases = list_cases(args.backend, args.profile)
+    except Exception as exc:  # unknown/unavailable backend, bad deviations file
+        return _usage_error(f"{type(exc).__name__}: {exc}")
+    if args.case is not None:
+        selected = sum(fnmatch.fnmatchcase(c.id, args.case) for c in cases)
+    else:
+        selected = len(cases)
+    if not selected:
+        return _usage_error(
+            f"--case {args.case!r} matches none of the {len(cases)} cases of profile "
+            f"{args.profile!r} (ids look like {cases[0].id!r})"
+            if cases
+            else f"--case {args.case!r}: profile {args.profile!r} has no cases here"
+        )
+    print(f"portable-fp8 conformance: running {selected} cases...", file=sys.stderr, flush=True)
     try:
         report = run_suite(
             args.backend,
             profile=args.profile,
-            deviations=args.deviations,
+            deviations=deviations,
             select=args.case,
             progress=None if not args.no_progress else False,
             fingerprint=not args.no_fingerprint,
             command=command,
         )
-    except Exception as exc:
-        print(f"portable-fp8 conformance: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    except SuiteInterrupted as stop:
+        report = stop.report
+        print(f"\n{summary_table(report)}")
+        _write_reports(report, args)
+        print("portable-fp8 conformance: interrupted; reports written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # before the first case (e.g. while loading the backend)
+        print("portable-fp8 conformance: interrupted before any case ran", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print("portable-fp8 conformance: internal error (above)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(summary_table(report))
-    if args.json:
-        write_json(report, args.json)
-    if args.report:
-        write_html(report, args.report)
-    if args.markdown:
-        write_markdown(report, args.markdown)
-    return 0 if report.ok else 1
+    _write_reports(report, args)
+    return EXIT_PASSED if report.ok else EXIT_FAILED
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -76,6 +140,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "conformance",
         help="check a backend against the FP8 numerics contract",
         description="Run the conformance suite on one backend; exit 0 only if nothing failed.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--backend",

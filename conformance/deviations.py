@@ -30,11 +30,23 @@ def parse_deviations(text: str, source: str = "<deviations>") -> dict[str, str]:
 
 
 def load_deviations(path: str | Path | None) -> dict[str, str]:
-    """Read a known-deviations file (None: no deviations)."""
+    """Read a known-deviations file (None: no deviations). A file that is missing,
+    unreadable or not UTF-8 raises ValueError naming the file."""
     if path is None:
         return {}
     p = Path(path)
-    return parse_deviations(p.read_text(), str(p))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"known-deviations file {str(p)!r} is not UTF-8 text (byte {exc.start}): "
+            "save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read known-deviations file {str(p)!r}: {exc.strerror or exc}"
+        ) from None
+    return parse_deviations(text, str(p))
 
 
 def unmatched_deviations(deviations: dict[str, str], case_ids: Iterable[str]) -> list[str]:

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ._files import write_text_atomic
 from .model import Verdict
 from .runner import SuiteReport
 
@@ -152,7 +153,10 @@ def render_html(report: SuiteReport) -> str:
     """The report as one HTML page."""
     counts = report.counts()
     status = (
-        '<p class="ok">Conformant: no case failed.</p>'
+        f'<p class="bad">Interrupted: only {len(report.records)} case(s) ran; '
+        f"{counts['failed']} failed.</p>"
+        if report.interrupted
+        else '<p class="ok">Conformant: no case failed.</p>'
         if report.ok
         else f'<p class="bad">Not conformant: {counts["failed"]} case(s) failed.</p>'
     )
@@ -247,4 +251,4 @@ def render_html(report: SuiteReport) -> str:
 
 def write_html(report: SuiteReport, path: str | Path) -> None:
     """Write the HTML report to ``path``."""
-    Path(path).write_text(render_html(report))
+    write_text_atomic(path, render_html(report))

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ._files import write_text_atomic
 from .runner import SuiteReport
 
 __all__ = ["report_to_dict", "write_json", "SCHEMA_VERSION"]
@@ -48,6 +49,7 @@ def report_to_dict(report: SuiteReport) -> dict[str, Any]:
             "capabilities": report.capabilities,
             "summary": report.counts(),
             "ok": report.ok,
+            "status": report.status,
             "seconds": round(report.seconds, 3),
             "unmatched_deviations": report.unmatched_deviations,
             "fingerprint": report.fingerprint,
@@ -73,4 +75,4 @@ def report_to_dict(report: SuiteReport) -> dict[str, Any]:
 
 def write_json(report: SuiteReport, path: str | Path) -> None:
     """Write the JSON report to ``path``."""
-    Path(path).write_text(json.dumps(report_to_dict(report), indent=1) + "\n")
+    write_text_atomic(path, json.dumps(report_to_dict(report), indent=1) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ._files import write_text_atomic
 from .runner import SuiteReport
 
 __all__ = ["render_markdown", "write_markdown"]
@@ -22,7 +23,8 @@ def render_markdown(report: SuiteReport) -> str:
         "",
         f"Profile **{report.profile}** on device **{report.device}**; "
         f"{len(report.records)} cases in {report.seconds:.1f} s: "
-        f"**{'PASSED' if report.ok else 'FAILED'}**.",
+        f"**{report.status.upper()}**"
+        + (" (stopped before every case ran)." if report.interrupted else "."),
         "",
         f"portable-fp8 {v.get('portable_fp8')}, torch {v.get('torch')}, "
         f"Python {v.get('python')}, {v.get('platform')}, {v.get('cpu_count')} CPUs.",
@@ -61,4 +63,4 @@ def render_markdown(report: SuiteReport) -> str:
 
 def write_markdown(report: SuiteReport, path: str | Path) -> None:
     """Write the Markdown summary to ``path``."""
-    Path(path).write_text(render_markdown(report))
+    write_text_atomic(path, render_markdown(report))

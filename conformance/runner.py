@@ -38,6 +38,7 @@ __all__ = [
     "run_case",
     "list_cases",
     "run_one",
+    "SuiteInterrupted",
 ]
 
 
@@ -65,6 +66,8 @@ class SuiteReport:
     unmatched_deviations: list[str] = field(default_factory=list)
     seconds: float = 0.0
     command: str = ""
+    #: True when the run was stopped (Ctrl-C / SIGINT) before all cases ran
+    interrupted: bool = False
 
     def counts(self) -> dict[str, int]:
         """Number of cases per verdict (every verdict present, zeros included)."""
@@ -77,8 +80,22 @@ class SuiteReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing failed (the CLI's exit status 0)."""
-        return not self.failed
+        """True when every case ran and nothing failed (the CLI's exit status 0)."""
+        return not self.failed and not self.interrupted
+
+    @property
+    def status(self) -> str:
+        """``"passed"``, ``"failed"`` or ``"interrupted"`` (the reports' headline)."""
+        return "interrupted" if self.interrupted else "passed" if self.ok else "failed"
+
+
+class SuiteInterrupted(KeyboardInterrupt):
+    """A run stopped by KeyboardInterrupt; ``report`` holds the cases that ran (marked
+    ``interrupted``). A KeyboardInterrupt, so code unaware of it still stops."""
+
+    def __init__(self, report: SuiteReport) -> None:
+        super().__init__("conformance run interrupted")
+        self.report = report
 
 
 def resolve_backend(backend: Backend | str | None) -> Backend:
@@ -86,7 +103,7 @@ def resolve_backend(backend: Backend | str | None) -> Backend:
     choice (the available backend of highest priority on any device of this machine)."""
     if isinstance(backend, Backend):
         return backend
-    name = backend or os.environ.get(registry.ENV_VAR) or None
+    name = backend or registry.env_backend_name()
     if name:
         return registry.get_backend(name)
     available = [
@@ -207,7 +224,8 @@ def run_suite(
 
     ``select`` is a glob over case ids (or a predicate) restricting the run; the
     known-deviations ``deviations`` are a mapping or a file path. ``progress=None`` shows a
-    progress bar only when stderr is a terminal.
+    progress bar only when stderr is a terminal. A KeyboardInterrupt during the run is
+    raised as :class:`SuiteInterrupted`, carrying the report of the cases that ran.
     """
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -223,28 +241,36 @@ def run_suite(
     elif select is not None:
         cases = [c for c in cases if select(c.id)]
     bar = _Progress(len(cases), progress)
-    records = []
-    for i, case in enumerate(cases, 1):
-        result = run_one(case, env, devs)
-        records.append(CaseRecord(case.id, case.kind, case.description, result))
-        bar.update(i, case.id, result.verdict)
+    records: list[CaseRecord] = []
     fp: dict[str, Any] = {}
-    if fingerprint:
-        from .fingerprint import numerics_fingerprint
 
-        fp = numerics_fingerprint(env)
-    return SuiteReport(
-        backend=b.name,
-        profile=profile,
-        device=str(env.device),
-        versions=_versions(b, env.device),
-        capabilities=b.capabilities.as_dict(),
-        records=records,
-        fingerprint=fp,
-        unmatched_deviations=stale,
-        seconds=time.perf_counter() - start,
-        command=command,
-    )
+    def report(interrupted: bool) -> SuiteReport:
+        return SuiteReport(
+            backend=b.name,
+            profile=profile,
+            device=str(env.device),
+            versions=_versions(b, env.device),
+            capabilities=b.capabilities.as_dict(),
+            records=records,
+            fingerprint=fp,
+            unmatched_deviations=stale,
+            seconds=time.perf_counter() - start,
+            command=command,
+            interrupted=interrupted,
+        )
+
+    try:
+        for i, case in enumerate(cases, 1):
+            result = run_one(case, env, devs)
+            records.append(CaseRecord(case.id, case.kind, case.description, result))
+            bar.update(i, case.id, result.verdict)
+        if fingerprint:
+            from .fingerprint import numerics_fingerprint
+
+            fp = numerics_fingerprint(env)
+    except KeyboardInterrupt as exc:
+        raise SuiteInterrupted(report(interrupted=True)) from exc
+    return report(interrupted=False)
 
 
 def run_case(

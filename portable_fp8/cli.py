@@ -8,6 +8,7 @@ conformance suite (see :mod:`portable_fp8.conformance`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -17,24 +18,35 @@ from .dispatch import registry
 __all__ = ["main"]
 
 
+def _backend_row(name: str, backend) -> dict:
+    """One row of the listing; a backend with broken declarations is shown with its reason."""
+    reason = registry.unavailable_reason(backend)
+    info = {"name": name, "available": reason is None, "reason": reason}
+    info["priority"] = info["capabilities"] = None  # unless declared well (else: reason)
+    with contextlib.suppress(Exception):
+        priority = backend.priority
+        if isinstance(priority, int) and not isinstance(priority, bool):
+            info["priority"] = priority
+    with contextlib.suppress(Exception):
+        info["capabilities"] = backend.capabilities.as_dict()
+    if reason is None:
+        try:
+            info["implementation"] = backend.describe()
+        except Exception as exc:  # describing must never hide the listing
+            info["implementation"] = {"error": str(exc)}
+    return info
+
+
 def _cmd_backends(args: argparse.Namespace) -> int:
     backends = registry.list_backends()
-    rows = []
-    for name, backend in sorted(backends.items(), key=lambda kv: -kv[1].priority):
-        reason = registry.unavailable_reason(backend)
-        info = {
-            "name": name,
-            "available": reason is None,
-            "reason": reason,
-            "priority": backend.priority,
-            "capabilities": backend.capabilities.as_dict(),
-        }
-        if reason is None:
-            try:
-                info["implementation"] = backend.describe()
-            except Exception as exc:  # describing must never hide the listing
-                info["implementation"] = {"error": str(exc)}
-        rows.append(info)
+    rows = [_backend_row(name, b) for name, b in backends.items()]
+    rows.sort(key=lambda r: (r["priority"] is None, -(r["priority"] or 0), r["name"]))
+    conflicts = registry.conflicts()
+    for name, why in sorted(conflicts.items()):
+        rows.append(
+            {"name": name, "available": False, "reason": f"conflict: {why}", "priority": None,
+             "capabilities": None}
+        )  # fmt: skip
     errors = registry.plugin_errors()
     if args.json:
         json.dump({"backends": rows, "plugin_errors": errors}, sys.stdout, indent=2)
@@ -42,8 +54,11 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         return 0
     for info in rows:
         status = "available" if info["available"] else f"unavailable: {info['reason']}"
-        print(f"{info['name']:<12} priority {info['priority']:>3}  {status}")
+        priority = "  -" if info["priority"] is None else f"{info['priority']:>3}"
+        print(f"{info['name']:<12} priority {priority}  {status}")
         caps = info["capabilities"]
+        if caps is None:
+            continue
         print(f"  devices       {', '.join(caps['devices'])}")
         print(f"  cast formats  {', '.join(caps['cast_formats'])}")
         print(f"  granularities {', '.join(caps['gemm_granularities'])}")
@@ -54,8 +69,8 @@ def _cmd_backends(args: argparse.Namespace) -> int:
             print(f"  fast_accum    {caps['fast_accumulator']}")
         for key, value in info.get("implementation", {}).items():
             print(f"  {key:<13} {value}")
-    for name, error in errors.items():
-        print(f"{name:<12} failed to load: {error}")
+    for name, error in sorted(errors.items()):
+        print(f"plugin {name!r}: {error}")
     return 0
 
 

@@ -17,6 +17,7 @@ exactly; ``hi - lo`` is a power of two, so ``(a - lo) / (hi - lo)`` and its prod
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -113,6 +114,36 @@ def clean_registry(monkeypatch):
     registry.reload_backends()
     yield registry
     registry.reload_backends()
+
+
+@pytest.fixture
+def install_plugins(tmp_path, monkeypatch, clean_registry):
+    """``install(plugins, dist=...)`` installs entry points ``{name: module_source}`` as the
+    separate distribution ``dist`` (a module per entry point and a ``dist-info`` directory
+    with ``entry_points.txt`` on ``sys.path``, as ``pip install`` would), then reloads the
+    registry. May be called several times, for several distributions; ``PORTABLE_FP8_*``
+    variables and the modules are cleaned up afterwards."""
+    installed = []
+    monkeypatch.delenv(registry.OVERRIDE_ENV_VAR, raising=False)
+
+    def install(plugins: dict[str, str], dist: str = "fp8_test_plugins") -> None:
+        root = tmp_path / dist
+        info = root / f"{dist}-0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        lines = ["[portable_fp8]"]
+        for name, source in plugins.items():
+            module = f"_fp8_test_plugin_{name}" if dist == "fp8_test_plugins" else f"_{dist}_{name}"
+            (root / f"{module}.py").write_text(source)
+            lines.append(f"{name} = {module}")
+            installed.append(module)
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        monkeypatch.syspath_prepend(str(root))
+        registry.reload_backends()
+
+    yield install
+    for module in installed:
+        sys.modules.pop(module, None)
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,10 @@
 """The plugin registry: third-party entry points, broken plugins, selection order, contexts.
 
-Third-party plugins are defined only here: each test writes a module and a ``*.dist-info``
-directory with ``entry_points.txt`` into a temporary directory, puts it on ``sys.path`` and
-reloads the registry, exactly as ``pip install`` of a separate distribution would make them
-visible to ``importlib.metadata``. The ``clean_registry`` fixture (conftest.py) reloads the
-registry before and after, and monkeypatch removes the path and the environment variable.
+Third-party plugins are installed by the ``install_plugins`` fixture (conftest.py): it
+writes a module and a ``*.dist-info`` directory with ``entry_points.txt`` into a temporary
+directory and puts it on ``sys.path``, exactly as ``pip install`` of a separate distribution
+would make them visible to ``importlib.metadata``. Faulty plugins are in
+test_plugin_faults.py.
 """
 
 from __future__ import annotations
@@ -80,30 +80,6 @@ def _auto() -> str:
 
 
 _BROKEN_SOURCE = 'raise ImportError("simulated: vendor library missing")\n'
-
-
-@pytest.fixture
-def install_plugins(tmp_path, monkeypatch, clean_registry):
-    """Install entry points ``{name: module_source}`` as a separate distribution."""
-    installed = []
-
-    def install(plugins: dict[str, str], dist: str = "fp8_test_plugins") -> None:
-        info = tmp_path / f"{dist}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-        lines = ["[portable_fp8]"]
-        for name, source in plugins.items():
-            module = f"_fp8_test_plugin_{name}"
-            (tmp_path / f"{module}.py").write_text(source)
-            lines.append(f"{name} = {module}")
-            installed.append(module)
-        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
-        monkeypatch.syspath_prepend(str(tmp_path))
-        clean_registry.reload_backends()
-
-    yield install
-    for module in installed:
-        sys.modules.pop(module, None)
 
 
 def test_third_party_backend_found_and_selected_by_env_var(install_plugins, monkeypatch):
