@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+from portable_fp8.errors import Fp8ValueError
+
 __all__ = ["parse_deviations", "load_deviations", "unmatched_deviations"]
 
 
@@ -24,7 +26,7 @@ def parse_deviations(text: str, source: str = "<deviations>") -> dict[str, str]:
             continue
         parts = line.split(None, 1)
         if len(parts) < 2 or not parts[1].strip():
-            raise ValueError(f"{source}:{lineno}: a known deviation needs a reason: {line!r}")
+            raise Fp8ValueError(f"{source}:{lineno}: a known deviation needs a reason: {line!r}")
         out[parts[0]] = parts[1].strip()
     return out
 

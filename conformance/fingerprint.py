@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from portable_fp8.errors import Fp8ValueError
 from portable_fp8.numerics.cast import as_fp8_tensor, codes_of
 from portable_fp8.numerics.formats import FORMATS, Format
 from portable_fp8.numerics.granularity import TENSORWISE
@@ -40,7 +41,7 @@ def _code(fmt: Format, value: float) -> int:
         return fmt.inf_code | (0x80 if value < 0 else 0)
     hits = (fmt.code_values == value).nonzero()
     if hits.numel() == 0:
-        raise ValueError(f"{value!r} is not a {fmt.name} value")
+        raise Fp8ValueError(f"value {value!r} is not a {fmt.name} value")
     return int(hits[0, 0])
 
 
