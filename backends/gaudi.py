@@ -53,6 +53,7 @@ import torch
 
 from portable_fp8.dispatch.backend import Backend, Capabilities
 from portable_fp8.dispatch.hookspecs import hookimpl
+from portable_fp8.errors import Fp8ValueError, NotSupportedError
 from portable_fp8.numerics.cast import as_fp8_tensor, round_to_codes
 from portable_fp8.numerics.formats import Format
 from portable_fp8.numerics.gemm import FP32_ACCUMULATOR
@@ -247,8 +248,9 @@ class GaudiBackend(Backend):
         self.priority = priority
         mode = stochastic_rounding or os.environ.get(_SR_ENV, "explicit_bits")
         if mode not in ("explicit_bits", "device"):
-            raise ValueError(
-                f"stochastic_rounding must be 'explicit_bits' or 'device', not {mode!r}"
+            raise Fp8ValueError(
+                f"stochastic_rounding (or ${_SR_ENV}) must be 'explicit_bits' or 'device', "
+                f"not {mode!r}"
             )
         self.sr_mode: SrMode = mode  # type: ignore[assignment]
         self._generation: str | None = None
@@ -323,7 +325,7 @@ class GaudiBackend(Backend):
 
     def cast_to_fp8(self, x, fmt: Format, scale, granularity, *, saturate, rand_bits):
         if not saturate:  # the op layer checks capabilities; this guards direct callers
-            raise ValueError("the Gaudi bridge's casts always saturate")
+            raise NotSupportedError(self.name, "saturate=False (the Gaudi bridge's casts saturate)")
         x2 = self._view_2d(_bridge_input(x), granularity)
         if rand_bits is not None and self.sr_mode == "explicit_bits":
             y = x2.to(torch.float32) * scale

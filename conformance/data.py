@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from portable_fp8.errors import Fp8ValueError
 from portable_fp8.numerics.cast import codes_of
 from portable_fp8.numerics.formats import Format
 
@@ -175,4 +176,4 @@ def strided_view(x: torch.Tensor, layout: str) -> torch.Tensor:
         wide = torch.full((x.shape[0], 2 * x.shape[1]), torch.nan, dtype=x.dtype)
         wide[:, ::2] = x
         return wide[:, ::2]
-    raise ValueError(f"layout must be contiguous, transposed or strided, got {layout!r}")
+    raise Fp8ValueError(f"layout must be contiguous, transposed or strided, got {layout!r}")

@@ -12,6 +12,8 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
+from portable_fp8.errors import Fp8ValueError
+
 __all__ = ["parse_deviations", "load_deviations", "unmatched_deviations"]
 
 
@@ -24,26 +26,26 @@ def parse_deviations(text: str, source: str = "<deviations>") -> dict[str, str]:
             continue
         parts = line.split(None, 1)
         if len(parts) < 2 or not parts[1].strip():
-            raise ValueError(f"{source}:{lineno}: a known deviation needs a reason: {line!r}")
+            raise Fp8ValueError(f"{source}:{lineno}: a known deviation needs a reason: {line!r}")
         out[parts[0]] = parts[1].strip()
     return out
 
 
 def load_deviations(path: str | Path | None) -> dict[str, str]:
     """Read a known-deviations file (None: no deviations). A file that is missing,
-    unreadable or not UTF-8 raises ValueError naming the file."""
+    unreadable or not UTF-8 raises Fp8ValueError naming the file."""
     if path is None:
         return {}
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(
+        raise Fp8ValueError(
             f"known-deviations file {str(p)!r} is not UTF-8 text (byte {exc.start}): "
             "save it as UTF-8"
         ) from None
     except OSError as exc:
-        raise ValueError(
+        raise Fp8ValueError(
             f"cannot read known-deviations file {str(p)!r}: {exc.strerror or exc}"
         ) from None
     return parse_deviations(text, str(p))

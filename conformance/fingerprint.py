@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from portable_fp8.errors import Fp8ValueError
 from portable_fp8.numerics.cast import as_fp8_tensor, codes_of
 from portable_fp8.numerics.formats import FORMATS, Format
 from portable_fp8.numerics.granularity import TENSORWISE
@@ -42,7 +43,7 @@ def _code(fmt: Format, value: float) -> int:
         return fmt.inf_code | (0x80 if value < 0 else 0)
     hits = (fmt.code_values == value).nonzero()
     if hits.numel() == 0:
-        raise ValueError(f"{value!r} is not a {fmt.name} value")
+        raise Fp8ValueError(f"value {value!r} is not a {fmt.name} value")
     return int(hits[0, 0])
 
 
@@ -256,7 +257,7 @@ def measure_accumulator(env: Env, fast: bool = False) -> dict[str, Any]:
     """
     p = _Prober(env, fast=fast)
     if not p.tensorwise or not env.backend.capabilities.gemm_formats:
-        raise ValueError("the probes need tensorwise GEMMs")
+        raise Fp8ValueError("the probes need tensorwise GEMMs")
     bits: dict[int, Any] = {}
     for pos in PROBE_POSITIONS:
         try:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from portable_fp8.dispatch.backend import Backend
+from portable_fp8.errors import Fp8ValueError
 
 __all__ = ["Verdict", "CaseResult", "Case", "Env", "PROFILES", "backend_device", "case_seed"]
 
@@ -149,5 +150,7 @@ def backend_device(backend: Backend) -> torch.device:
     """The device a backend is tested on: ``cpu`` if it declares it, else its first device."""
     devices = sorted(backend.capabilities.devices)
     if not devices:
-        raise ValueError(f"backend {backend.name!r} declares no device")
+        raise Fp8ValueError(
+            f"backend {backend.name!r} declares no device (capabilities.devices is empty)"
+        )
     return torch.device("cpu" if "cpu" in devices else devices[0])

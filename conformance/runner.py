@@ -25,6 +25,7 @@ import torch
 import portable_fp8
 from portable_fp8.dispatch import registry
 from portable_fp8.dispatch.backend import Backend
+from portable_fp8.errors import Fp8ValueError
 
 from .cases import generate_cases
 from .deviations import load_deviations, unmatched_deviations
@@ -228,7 +229,7 @@ def run_suite(
     raised as :class:`SuiteInterrupted`, carrying the report of the cases that ran.
     """
     if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
+        raise Fp8ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
     start = time.perf_counter()
     b = resolve_backend(backend)
     env = Env(b, backend_device(b), profile)
@@ -283,4 +284,8 @@ def run_case(
         for case in generate_cases(env):
             if case.id == case_id:
                 return run_one(case, env, {})
-    raise KeyError(f"no conformance case {case_id!r} for backend {b.name!r}")
+    profiles = profile or " or ".join(PROFILES)
+    raise Fp8ValueError(
+        f"case_id: no conformance case {case_id!r} for backend {b.name!r} in the {profiles} "
+        "profile (list_cases() lists the ids)"
+    )

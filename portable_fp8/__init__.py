@@ -6,9 +6,16 @@ Model code imports the ops from here; the registry picks the backend that runs t
 
     q = fp8.quantize(x, "e4m3fn", granularity="rowwise")
     y = fp8.scaled_mm(q, fp8.quantize(w, "e4m3fn", granularity="rowwise").t())
+
+A backend plugin subclasses :class:`Backend`, declares its :class:`Capabilities` and
+returns its instances from a :data:`hookimpl`-marked ``portable_fp8_backends`` function (see
+:mod:`portable_fp8.dispatch.hookspecs`). Every error raised on purpose is an
+:class:`Fp8Error`.
 """
 
 from . import nn
+from .dispatch.backend import Backend, Capabilities, CastTranspose
+from .dispatch.hookspecs import hookimpl
 from .dispatch.ops import (
     cast_from_fp8,
     cast_to_fp8,
@@ -36,7 +43,10 @@ from .numerics.tensor import Fp8Tensor
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backend",
     "BackendUnavailableError",
+    "Capabilities",
+    "CastTranspose",
     "ENV_VAR",
     "FORMATS",
     "Format",
@@ -57,6 +67,7 @@ __all__ = [
     "get_backend",
     "get_format",
     "get_granularity",
+    "hookimpl",
     "list_backends",
     "nn",
     "quantize",

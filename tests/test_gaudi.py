@@ -373,3 +373,17 @@ def test_gemm_bias_and_accumulate_in_fp32(backend, gen, out_dtype):
     assert args["bias"].dtype == torch.float32 and args["D"].dtype == torch.float32
     assert args["D"].data_ptr() != c.data_ptr()  # the bridge may accumulate in place
     assert torch.equal(c, c_before)
+
+
+def test_bad_stochastic_rounding_mode_is_an_fp8_value_error(gen):
+    with pytest.raises(fp8.Fp8ValueError, match="stochastic_rounding .* not 'sometimes'"):
+        standin.standin_backend(gen, stochastic_rounding="sometimes")
+
+
+def test_a_non_saturating_cast_is_not_supported_even_when_called_directly(backend, gen):
+    # The op layer rejects saturate=False from the capabilities; the primitive guards too.
+    fmt = fp8.get_format(E4M3[gen])
+    one = torch.ones(())
+    with pytest.raises(fp8.NotSupportedError, match="saturate=False"):
+        backend.cast_to_fp8(torch.ones(4), fmt, one, fp8.get_granularity("tensorwise"),
+                            saturate=False, rand_bits=None)  # fmt: skip

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from portable_fp8.errors import Fp8TypeError
 from portable_fp8.numerics.tensor import Fp8Tensor
 
 from ._casts import decode_table as _decode_table
@@ -171,7 +172,9 @@ def scaled_mm(
         table_b = _decode_table(b.format, qb.device)
     else:
         if qa.dtype == torch.uint8 or qb.dtype == torch.uint8:
-            raise TypeError("the Triton GEMM takes FP8-typed codes")
+            raise Fp8TypeError(
+                f"the Triton GEMM takes codes of an FP8 dtype; got a: {qa.dtype}, b: {qb.dtype}"
+            )
         table_a = table_b = sa_inv
     m, k = qa.shape
     n = qb.shape[1]

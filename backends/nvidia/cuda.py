@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from portable_fp8.dispatch.backend import Backend
 from portable_fp8.dispatch.hookspecs import hookimpl
+from portable_fp8.errors import Fp8ValueError
 from portable_fp8.numerics.gemm import HOPPER_FAST_ACCUMULATOR
 from portable_fp8.numerics.granularity import TENSORWISE
 from portable_fp8.numerics.tensor import Fp8Tensor
@@ -120,7 +121,7 @@ class CudaBackend(NvidiaBackend):
                 try:
                     od = out_dtype if direct else torch.float32
                     out = self._cublas(a.data, b.data, sa, sb, mode, od, False)
-                except RuntimeError as exc:  # a shape this cuBLASLt rejects: Triton below
+                except (RuntimeError, Fp8ValueError) as exc:  # cuBLASLt rejects: Triton below
                     self._blockwise_error = f"{type(exc).__name__}: {str(exc)[:200]}"
             if out is None:
                 from . import _triton_gemm
@@ -171,7 +172,7 @@ class CudaBackend(NvidiaBackend):
         elif mode == _BLOCKWISE:
             sa = sa.t().contiguous().t()  # 1x128 scales outer-dim-major
             if kpad:
-                raise RuntimeError("cuBLASLt blockwise needs K % 128 == 0")
+                raise Fp8ValueError(f"cuBLASLt blockwise needs K % 128 == 0, got K = {k}")
             sb = self._b_block_scale(sb)
         elif sa.dim() or sb.dim():
             sa, sb = sa.reshape(()), sb.reshape(())

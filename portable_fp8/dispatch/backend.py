@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..errors import NotSupportedError
 from ..numerics.cast import amax as _amax
 from ..numerics.formats import Format
 from ..numerics.gemm import AccumulatorModel
@@ -102,7 +103,9 @@ class CastTranspose(NamedTuple):
 
 
 class Backend:
-    """Base class of backends. Subclasses set ``name``, ``priority`` and ``capabilities``."""
+    """Base class of backends. Subclasses set ``name``, ``priority`` and ``capabilities`` and
+    implement ``cast_to_fp8``, ``cast_from_fp8`` and ``scaled_mm`` (the defaults raise
+    :class:`~portable_fp8.errors.NotSupportedError`); the other primitives compose them."""
 
     name: str = "abstract"
     #: Higher wins when the backend is chosen by the tensors' device.
@@ -130,7 +133,7 @@ class Backend:
         rand_bits: torch.Tensor | None,
     ) -> torch.Tensor:
         """Codes of ``x * scale`` in ``fmt``'s dtype (scale in ``granularity``'s layout)."""
-        raise NotImplementedError
+        raise self._missing("cast_to_fp8")
 
     def cast_from_fp8(
         self,
@@ -141,7 +144,7 @@ class Backend:
         out_dtype: torch.dtype,
     ) -> torch.Tensor:
         """``out_dtype(fp32(q) * scale_inv)`` (scale_inv in ``granularity``'s layout)."""
-        raise NotImplementedError
+        raise self._missing("cast_from_fp8")
 
     def amax(self, x: torch.Tensor, granularity: Granularity) -> torch.Tensor:
         """max |x| per block of ``granularity`` (fp32; NaN where a block holds NaN)."""
@@ -215,7 +218,14 @@ class Backend:
         ``fast_accum: bool`` (True: accumulate with that model); the op layer passes it to no
         other backend.
         """
-        raise NotImplementedError
+        raise self._missing("scaled_mm")
+
+    def _missing(self, primitive: str) -> NotSupportedError:
+        """The error for a primitive this subclass does not implement (reachable through the
+        op layer when a plugin declares a capability it did not write the primitive for)."""
+        return NotSupportedError(
+            self.name, f"{primitive} ({type(self).__name__} does not implement this primitive)"
+        )
 
     def __repr__(self) -> str:
         return f"<backend {self.name}>"

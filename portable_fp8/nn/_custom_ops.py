@@ -33,7 +33,14 @@ from ..numerics.formats import get_format
 from ..numerics.granularity import as_2d_shape, get_granularity
 from ..numerics.tensor import Fp8Tensor
 
-__all__ = ["quantize", "quantize_transpose", "scaled_mm", "amax", "gemm_dim_multiple"]
+__all__ = [
+    "quantize",
+    "quantize_transpose",
+    "scaled_mm",
+    "amax",
+    "gemm_dim_multiple",
+    "prepare_for_compile",
+]
 
 _NS = "portable_fp8_nn"
 #: The ops are defined with the low-level ``torch.library.Library`` API and one
@@ -144,10 +151,27 @@ def _amax_fake(x, backend):
 amax = _define("amax(Tensor x, str? backend) -> Tensor", _amax, _amax_fake)
 
 
-@torch.compiler.assume_constant_result
 def gemm_dim_multiple(backend: str | None, device_type: str) -> int:
     """The multiple K and N must be for the backend that runs on ``device_type`` (1: any).
 
-    Evaluated once at trace time under torch.compile (the registry is not traced).
+    Once :func:`prepare_for_compile` has run, evaluated once at trace time under
+    torch.compile (the registry is not traced).
     """
     return select_backend(backend, device_type).capabilities.gemm_dim_multiple
+
+
+_prepared = False
+
+
+def prepare_for_compile() -> None:
+    """Mark :func:`gemm_dim_multiple` as a constant for torch.compile; idempotent.
+
+    Marking imports ``torch._dynamo`` (about 3 s), so it is not done when this module is
+    imported but by :class:`portable_fp8.nn.Linear` when one is built or unpickled, which is
+    before any torch.compile can trace its forward. The op registrations above cost well
+    under a millisecond and stay at import, so every op exists before anything traces.
+    """
+    global _prepared
+    if not _prepared:
+        torch.compiler.assume_constant_result(gemm_dim_multiple)  # marks the function in place
+        _prepared = True

@@ -257,6 +257,7 @@ class Linear(nn.Linear):
         recipe: Recipe | None = None,
         backend: str | None = None,
     ) -> None:
+        cops.prepare_for_compile()  # before any torch.compile can trace forward
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.recipe = recipe if recipe is not None else CurrentScaling()
         self.backend = backend
@@ -290,6 +291,11 @@ class Linear(nn.Linear):
         new.train(linear.training)
         new._init_state(linear.weight.device)
         return new
+
+    def __setstate__(self, state) -> None:
+        # Unpickling and deepcopy skip __init__; a restored layer may be compiled next.
+        cops.prepare_for_compile()
+        super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint of the high-precision model has no FP8 state: keep the fresh one

@@ -42,7 +42,7 @@ from typing import Literal
 
 import torch
 
-from ..errors import Fp8ValueError
+from ..errors import Fp8TypeError, Fp8ValueError
 from ..numerics.formats import get_format
 from ..numerics.granularity import Granularity, get_granularity
 from ..numerics.scaling import GAUDI2_HW_ALIGNED_SCALES
@@ -105,7 +105,10 @@ class Recipe:
 
     #: Granularity names of the (A, B) operands of every GEMM.
     def granularities(self) -> tuple[Granularity, Granularity]:
-        raise NotImplementedError
+        raise Fp8TypeError(
+            f"recipe: {type(self).__name__} defines no granularities(); use CurrentScaling, "
+            "DelayedScaling, StaticScaling or Blockwise, or a Recipe subclass that defines it"
+        )
 
     @property
     def tensorwise(self) -> bool:

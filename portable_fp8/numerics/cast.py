@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import Fp8TypeError
 from .formats import Format, NanEncoding
 
 __all__ = [
@@ -78,7 +79,7 @@ def round_to_codes(
     selects stochastic rounding; without it the rounding is to nearest, ties to even.
     """
     if y.dtype != torch.float32:
-        raise TypeError(f"round_to_codes takes float32, got {y.dtype}")
+        raise Fp8TypeError(f"round_to_codes: y must be float32, got {y.dtype}")
     flat = y.reshape(-1)
     out = torch.empty(flat.shape, dtype=torch.uint8, device=y.device)
     bits_flat = None if rand_bits is None else rand_bits.reshape(-1)
