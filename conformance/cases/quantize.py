@@ -18,7 +18,7 @@ from portable_fp8.numerics.granularity import GRANULARITIES, Granularity, as_2d_
 from portable_fp8.numerics.scaling import round_scale_to_power_of_two
 
 from .. import data
-from ..model import Case, CaseResult, Env, Verdict
+from ..model import Case, CaseResult, Env, Verdict, not_declared
 
 __all__ = ["quantize_cases"]
 
@@ -96,12 +96,7 @@ def quantize_cases(env: Env) -> list[Case]:
     cases = []
     for fmt in element_formats():
         for gran in GRANULARITIES.values():
-            if fmt.name not in caps.cast_formats:
-                reason = f"casts to {fmt.name} not declared"
-            elif gran.name not in caps.granularities:
-                reason = f"{gran.name} scaling not declared"
-            else:
-                reason = None
+            reason = not_declared(caps.why_not_cast(env.device.type, fmt, granularity=gran))
             for recipe in (*_RECIPES, "static"):
                 for dtype in dtypes:
                     dt = str(dtype).removeprefix("torch.")
