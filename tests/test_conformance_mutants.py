@@ -12,16 +12,13 @@ import fnmatch
 
 import pytest
 import torch
+from portable_fp8.backends.nvidia import HOPPER_FAST_ACCUMULATOR
 from portable_fp8.backends.reference import ReferenceBackend
 from portable_fp8.conformance import Verdict, run_suite
 
 from portable_fp8.numerics.cast import as_fp8_tensor, codes_of, round_to_codes, scaled_fp32
 from portable_fp8.numerics.formats import Format
-from portable_fp8.numerics.gemm import (
-    FP32_ACCUMULATOR,
-    HOPPER_FAST_ACCUMULATOR,
-    AccumulatorModel,
-)
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR, AccumulatorModel
 from portable_fp8.numerics.granularity import as_2d_shape
 
 

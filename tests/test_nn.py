@@ -637,7 +637,7 @@ def test_partial_gradients_match_full(backend):
 def test_fast_accum_only_in_the_gemms_whose_spec_asks(reference_gemm_calls):
     """GemmSpec(fast_accum=True) reaches the backend for that GEMM only (through the custom
     op and the op layer), and survives gaudi2()'s format swap."""
-    from portable_fp8.numerics.gemm import HOPPER_FAST_ACCUMULATOR
+    from portable_fp8.backends.nvidia import HOPPER_FAST_ACCUMULATOR
 
     _, seen, declare = reference_gemm_calls
     declare(HOPPER_FAST_ACCUMULATOR)
