@@ -132,3 +132,9 @@ def test_answers_do_not_leak_across_instances():
     assert a.why_not_cast("cpu", "e4m3fn") is None
     assert b.why_not_cast("cpu", "e4m3fn") == "casts to e4m3fn"
     assert a._answers is not b._answers
+
+
+def test_why_not_device():
+    assert CAPS.why_not_device("cpu") is None
+    assert CAPS.why_not_device(None) is None  # any declared device
+    assert CAPS.why_not_device("cuda") == "tensors on device 'cuda'"

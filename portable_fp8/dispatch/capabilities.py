@@ -86,7 +86,9 @@ class Capabilities:
         self._answers[key] = answer
         return answer
 
-    def _why_not_device(self, device: str | None) -> str | None:
+    def why_not_device(self, device: str | None) -> str | None:
+        """Why the backend does not run on tensors of ``device`` (a device type; None: any
+        declared device is meant, so nothing is missing)."""
         if device is not None and device not in self.devices:
             return f"tensors on device {device!r}"
         return None
@@ -111,7 +113,7 @@ class Capabilities:
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
         _, _, f, sat, _, gran = key
-        reason = self._why_not_device(device)
+        reason = self.why_not_device(device)
         if reason is None and f not in self.cast_formats:
             reason = f"casts to {f}"
         if reason is None and not sat and not self.non_saturating:
@@ -128,7 +130,7 @@ class Capabilities:
         hit = self._answers.get(key, _MISS)
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
-        reason = self._why_not_device(device)
+        reason = self.why_not_device(device)
         if reason is None and key[2] not in self.cast_formats:
             reason = f"casts from {key[2]}"
         return self._remember(key, reason)
@@ -139,7 +141,7 @@ class Capabilities:
         hit = self._answers.get(key, _MISS)
         if hit is not _MISS:
             return hit  # type: ignore[return-value]
-        reason = self._why_not_device(device)
+        reason = self.why_not_device(device)
         if reason is None and key[2] not in self.granularities:
             reason = f"{key[2]} scaling"
         return self._remember(key, reason)
@@ -194,7 +196,7 @@ class Capabilities:
         bias: bool,
         c: bool,
     ) -> str | None:
-        reason = self._why_not_device(device)
+        reason = self.why_not_device(device)
         if reason is not None:
             return reason
         if (fa, fb) not in self.gemm_formats:

@@ -196,7 +196,7 @@ def select_backend(name: str | None = None, device: str | None = None) -> Backen
     candidates = [
         b
         for b in state.backends.values()
-        if device_type in b.capabilities.devices and unavailable_reason(b) is None
+        if b.capabilities.why_not_device(device_type) is None and unavailable_reason(b) is None
     ]
     if not candidates:
         raise BackendUnavailableError(
