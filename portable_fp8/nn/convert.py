@@ -54,10 +54,11 @@ def unsupported_reason(
     """Why ``backend`` cannot run a Linear(in, out) with ``recipe`` on ``device`` (a device
     type; None: any the backend declares), or None if it can.
 
-    Asks the backend's capabilities about the casts each GEMM's operands need (the input's
-    and gradient's granularity, the weight's as stored for the forward GEMM) and about the
-    three GEMMs, with K and N of the forward GEMM (in_features, out_features; the backward
-    GEMMs use the same two, and the Linear pads the token dimension).
+    Asks the backend's capabilities (its ``why_not_*`` methods) about casts to every GEMM
+    operand's format, the scaling of the activations and of the weight as stored, each
+    GEMM's formats and explicit output dtype with the recipe's granularity pair, and the
+    K/N multiple with in_features and out_features (the forward and dgrad GEMMs' K and N;
+    the Linear pads the token dimension, wgrad's K).
     """
     caps = backend.capabilities
     a_gran, b_gran = recipe.granularities()
