@@ -43,6 +43,7 @@ ops (``tests/_gaudi_standin``), and ``ci/gaudi.sh`` is what runs it on a real ma
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.metadata
@@ -85,12 +86,7 @@ _INSTALL_HINT = (
 )
 
 
-@functools.cache
-def _undetected(caps: Capabilities) -> Capabilities:
-    """``caps`` with a note that the generation was not detected (one object per ``caps``, so
-    the op layer's capability cache, which keys on the object, keeps hitting)."""
-    note = "generation not detected (no HPU): shown as Gaudi3; Gaudi2 has e4m3_gaudi2"
-    return Capabilities(**{**vars(caps), "notes": (note, *caps.notes)})
+_UNDETECTED_NOTE = "generation not detected (no HPU): shown as Gaudi3; Gaudi2 has e4m3_gaudi2"
 
 
 @functools.cache
@@ -291,7 +287,9 @@ class GaudiBackend(Backend):
         caps = gaudi_capabilities(
             generation or "gaudi3", device_type=self.bridge.device_type, sr_mode=self.sr_mode
         )
-        return caps if generation is not None else _undetected(caps)
+        if generation is not None:
+            return caps
+        return dataclasses.replace(caps, notes=(_UNDETECTED_NOTE, *caps.notes))
 
     @property
     def scale_choices(self) -> tuple[float, ...] | None:

@@ -26,11 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from portable_fp8.backends.nvidia import HOPPER_FAST_ACCUMULATOR
 
 import portable_fp8 as fp8
 from portable_fp8.numerics.gemm import (
     FP32_ACCUMULATOR,
-    HOPPER_FAST_ACCUMULATOR,
     AccumulatorModel,
     reference_scaled_mm,
 )

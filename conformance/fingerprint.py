@@ -61,14 +61,14 @@ class _Prober:
         self.env = env
         self.fa, self.fb = FORMATS[pair[0]], FORMATS[pair[1]]
         self.mult = max(caps.gemm_dim_multiple, 1)
-        grans = caps.gemm_granularities
-        self.tensorwise = ("tensorwise", "tensorwise") in grans
-        self.accumulate = caps.gemm_accumulate
         self.out = (
             torch.float32
             if torch.float32 in caps.out_dtypes
             else sorted(caps.out_dtypes, key=str)[0]
         )
+        device, tw = env.device.type, "tensorwise"
+        self.tensorwise = caps.why_not_gemm(device, *pair, tw, tw, self.out) is None
+        self.accumulate = caps.why_not_gemm(device, *pair, tw, tw, self.out, c=True) is None
 
     def _pad(self, n: int) -> int:
         return -(-max(n, 1) // self.mult) * self.mult
@@ -227,10 +227,10 @@ def _cast_overflow(env: Env) -> dict[str, str]:
     out = {}
     x = torch.tensor([1e6, -1e6, float("inf"), float("-inf"), float("nan")])
     for name in ("e4m3fn", "e5m2", "e4m3fnuz", "e4m3_gaudi2"):
-        if name not in caps.cast_formats:
-            continue
         fmt = FORMATS[name]
-        for saturate in (True, False) if caps.non_saturating else (True,):
+        for saturate in (True, False):
+            if caps.why_not_cast(env.device.type, fmt, saturate=saturate) is not None:
+                continue
             try:
                 q = env.backend.cast_to_fp8(
                     env.to_device(x),

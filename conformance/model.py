@@ -20,7 +20,16 @@ import torch
 from portable_fp8.dispatch.backend import Backend
 from portable_fp8.errors import Fp8ValueError
 
-__all__ = ["Verdict", "CaseResult", "Case", "Env", "PROFILES", "backend_device", "case_seed"]
+__all__ = [
+    "Verdict",
+    "CaseResult",
+    "Case",
+    "Env",
+    "PROFILES",
+    "backend_device",
+    "case_seed",
+    "not_declared",
+]
 
 #: The two profiles: ``quick`` for CI (a minute on two CPU cores), ``full`` for bring-up.
 PROFILES = ("quick", "full")
@@ -144,6 +153,11 @@ class Case:
     description: str
     run: Callable[[Env], CaseResult]
     unsupported: str | None = None
+
+
+def not_declared(why: str | None) -> str | None:
+    """A case's ``unsupported`` text from a ``Capabilities.why_not_*`` answer (None stays)."""
+    return None if why is None else f"{why} not declared"
 
 
 def backend_device(backend: Backend) -> torch.device:

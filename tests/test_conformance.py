@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from _mutants import IgnoresBias, NarrowAccumulator, TiesAwayFromZero
+from portable_fp8.backends.nvidia import DEEPGEMM_PROMOTED_ACCUMULATOR, HOPPER_FAST_ACCUMULATOR
 from portable_fp8.backends.reference import ReferenceBackend
 from portable_fp8.conformance import Verdict, list_cases, resolve_backend, run_case, run_suite
 from portable_fp8.conformance.cases.stochastic import hoeffding_tolerance
@@ -27,11 +28,7 @@ import portable_fp8.cli
 from portable_fp8.dispatch import registry
 from portable_fp8.errors import NotSupportedError
 from portable_fp8.numerics.formats import FORMATS
-from portable_fp8.numerics.gemm import (
-    DEEPGEMM_PROMOTED_ACCUMULATOR,
-    HOPPER_FAST_ACCUMULATOR,
-    AccumulatorModel,
-)
+from portable_fp8.numerics.gemm import AccumulatorModel
 
 _BIAS_CASE = "gemm/e4m3fnxe4m3fn/tensorwisextensorwise/48x160x64/nn/out=float32/bias/randn"
 

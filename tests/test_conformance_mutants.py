@@ -13,10 +13,9 @@ import fnmatch
 import pytest
 import torch
 from _mutants import CLAUSES, MUTANTS, Mutant
+from portable_fp8.backends.nvidia import HOPPER_FAST_ACCUMULATOR
 from portable_fp8.backends.reference import ReferenceBackend
 from portable_fp8.conformance import Verdict, run_suite
-
-from portable_fp8.numerics.gemm import HOPPER_FAST_ACCUMULATOR
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,11 +1,11 @@
-"""The op layer's per-call caches: capability checks, format lookups, the backend env var.
+"""The per-call caches: capability answers, format lookups, the backend env var.
 
-The op layer remembers which (backend, device, formats, granularities, out dtype, bias?,
-c?) combinations a backend declared, so repeated calls skip the ``_require`` chain. These
-tests check that the cache never changes what a call does: the backend chosen follows
-``use_backend`` and ``PORTABLE_FP8_BACKEND`` on the very next call, a changed
-``capabilities`` takes effect at once, other format pairs are checked on their own, and an
-undeclared combination raises NotSupportedError with the same message every time.
+A :class:`Capabilities` object remembers its ``why_not_*`` answers (on itself, not by the
+backend's identity). These tests check that the caches never change what a call does: the
+backend chosen follows ``use_backend`` and ``PORTABLE_FP8_BACKEND`` on the very next call, a
+replaced ``capabilities`` object gets fresh answers at once, other format pairs are asked on
+their own, an undeclared combination raises NotSupportedError with the same message every
+time, answers are remembered and the memory is not part of the object's value.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ import pytest
 import torch
 
 import portable_fp8 as fp8
-from portable_fp8.dispatch import ops, registry
+from portable_fp8.dispatch import capabilities, registry
+from portable_fp8.dispatch.capabilities import Capabilities
 from portable_fp8.errors import NotSupportedError
 
 X = torch.linspace(-10, 10, 64).reshape(4, 16)
 W = torch.linspace(-3, 3, 128).reshape(16, 8)
+F32 = torch.float32
 
 
 def _q(x, fmt="e4m3fn", backend="reference"):
@@ -154,11 +156,53 @@ def test_cache_after_reload_uses_the_new_backend_objects(clean_registry, monkeyp
     assert "casts to e5m2" in _message(lambda: fp8.cast_to_fp8(X, "e5m2", backend="cpu"))
 
 
-def test_cache_is_bounded(clean_registry, monkeypatch):
-    monkeypatch.setattr(ops, "_CHECKED_MAX", 2)
+def _caps(**changes) -> Capabilities:
+    return dataclasses.replace(fp8.get_backend("cpu").capabilities, **changes)
+
+
+def test_answers_are_remembered_on_the_object(clean_registry):
+    caps = _caps()
+    assert caps._answers == {}
+    assert caps.why_not_cast("cpu", "e5m2") is None
+    assert caps.why_not_gemm("cpu", "e4m3fn", "e4m3fn", "tensorwise", "tensorwise", F32) is None
+    assert len(caps._answers) == 2
+    caps._answers[next(iter(caps._answers))] = "planted"  # a remembered answer is returned
+    assert caps.why_not_cast("cpu", "e5m2") == "planted"
+
+
+def test_ops_ask_the_current_capabilities_object(clean_registry, monkeypatch):
+    backend = fp8.get_backend("cpu")
+    fp8.cast_to_fp8(X, "e5m2", backend="cpu")
+    assert any(key[0] == "cast" for key in backend.capabilities._answers)
+    fresh = _caps(cast_formats=frozenset({"e4m3fn"}))
+    monkeypatch.setattr(backend, "capabilities", fresh)
+    assert fresh._answers == {}  # replace() gives the copy an empty memory
+    assert "casts to e5m2" in _message(lambda: fp8.cast_to_fp8(X, "e5m2", backend="cpu"))
+    assert fresh._answers  # the replaced object was asked, and remembers
+
+
+def test_memory_is_not_part_of_the_value(clean_registry):
+    a, b = _caps(), _caps()
+    a.why_not_decode("cpu", "e5m2")
+    assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+    assert "_answers" not in repr(a) and b._answers == {}
+    assert "_answers" not in a.as_dict()
+
+
+def test_memory_is_bounded(clean_registry, monkeypatch):
+    monkeypatch.setattr(capabilities, "_ANSWERS_MAX", 2)
+    caps = _caps()
     for fmt in ("e4m3fn", "e5m2", "e4m3fnuz", "e5m2fnuz"):
-        fp8.cast_to_fp8(X, fmt, backend="reference")
-        assert len(ops._CHECKED) <= 2
+        assert caps.why_not_cast("cpu", fmt) is None
+        assert len(caps._answers) <= 2
+
+
+def test_failures_are_remembered_and_still_raise_every_time(clean_registry, monkeypatch):
+    _restrict(monkeypatch, "cpu", rounding=frozenset({"nearest"}))
+    for _ in range(2):
+        assert _message(lambda: fp8.cast_to_fp8(X, rounding="stochastic", backend="cpu")) == (
+            "backend 'cpu' does not support stochastic rounding"
+        )
 
 
 def test_fp32_scale_tensor_is_kept_as_given():

@@ -22,14 +22,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from portable_fp8.backends.nvidia import DEEPGEMM_PROMOTED_ACCUMULATOR, HOPPER_FAST_ACCUMULATOR
 
 import portable_fp8 as fp8
 from portable_fp8.numerics.cast import as_fp8_tensor, codes_to_float, round_to_codes
 from portable_fp8.numerics.formats import FORMATS
 from portable_fp8.numerics.gemm import (
-    DEEPGEMM_PROMOTED_ACCUMULATOR,
     FP32_ACCUMULATOR,
-    HOPPER_FAST_ACCUMULATOR,
     AccumulatorModel,
     abs_product_sum,
     gemm_error_bound,

@@ -5,4 +5,6 @@ entry-point group. Importing this package needs no triton and no GPU; the backen
 themselves unavailable, with the reason, where they cannot run.
 """
 
-__all__: list[str] = []
+from ._facts import DEEPGEMM_PROMOTED_ACCUMULATOR, HOPPER_FAST_ACCUMULATOR
+
+__all__ = ["HOPPER_FAST_ACCUMULATOR", "DEEPGEMM_PROMOTED_ACCUMULATOR"]

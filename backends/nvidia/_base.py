@@ -19,10 +19,10 @@ import torch
 
 from portable_fp8.dispatch.backend import Backend, Capabilities
 from portable_fp8.numerics.formats import element_formats
-from portable_fp8.numerics.gemm import DEEPGEMM_PROMOTED_ACCUMULATOR
 from portable_fp8.numerics.granularity import GRANULARITIES
 
 from ._casts import TritonCastsMixin
+from ._facts import DEEPGEMM_PROMOTED_ACCUMULATOR
 
 __all__ = ["NvidiaBackend", "interpreter_requested", "MIN_CAPABILITY", "GEMM_MODES"]
 

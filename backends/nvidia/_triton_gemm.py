@@ -7,7 +7,7 @@
 registers: the partial sums are promoted to fp32 every 128 elements of K (the DeepSeek-V3
 recipe). Within a step the tensor cores accumulate as the hardware does (Hopper: about 14
 significant bits, per the DeepSeek-V3 report), hence the declared accumulator model
-:data:`portable_fp8.numerics.gemm.DEEPGEMM_PROMOTED_ACCUMULATOR`. Tensorwise and rowwise
+:data:`portable_fp8.backends.nvidia.DEEPGEMM_PROMOTED_ACCUMULATOR`. Tensorwise and rowwise
 scales are applied once, in the epilogue, to the fp32 sum. Bias and ``C_in`` are added in
 fp32 and the result is rounded once to the output dtype.
 

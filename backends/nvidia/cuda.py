@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from portable_fp8.dispatch.backend import Backend
 from portable_fp8.dispatch.hookspecs import hookimpl
 from portable_fp8.errors import Fp8ValueError
-from portable_fp8.numerics.gemm import HOPPER_FAST_ACCUMULATOR
 from portable_fp8.numerics.granularity import TENSORWISE
 from portable_fp8.numerics.tensor import Fp8Tensor
 
 from ._base import GEMM_MODES, NvidiaBackend
 from ._casts import scale_inv_of
+from ._facts import HOPPER_FAST_ACCUMULATOR
 
 __all__ = ["CudaBackend", "portable_fp8_backends"]
 

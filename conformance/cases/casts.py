@@ -26,7 +26,7 @@ from portable_fp8.numerics.granularity import (
 )
 
 from .. import data
-from ..model import Case, CaseResult, Env, Verdict
+from ..model import Case, CaseResult, Env, Verdict, not_declared
 
 __all__ = ["cast_cases", "dequant_cases", "dequant_block_cases", "amax_cases"]
 
@@ -133,14 +133,8 @@ def cast_cases(env: Env) -> list[Case]:
     scales = _SCALES_FULL if env.full else _SCALES_QUICK
     cases = []
     for fmt in FORMATS.values():
-        declared = fmt.name in caps.cast_formats
         for saturate in (True, False):
-            if not declared:
-                reason = f"casts to {fmt.name} not declared"
-            elif not saturate and not caps.non_saturating:
-                reason = "non-saturating casts not declared"
-            else:
-                reason = None
+            reason = not_declared(caps.why_not_cast(env.device.type, fmt, saturate=saturate))
             for inputs, text in _INPUT_TEXT.items():
                 for scale in scales:
                     if inputs == "fp32-random" and scale not in scales[:3] and env.full:
@@ -215,7 +209,7 @@ def dequant_cases(env: Env) -> list[Case]:
     scales = _SCALES_FULL if env.full else _SCALES_QUICK
     cases = []
     for fmt in FORMATS.values():
-        reason = None if fmt.name in caps.cast_formats else f"casts from {fmt.name} not declared"
+        reason = not_declared(caps.why_not_decode(env.device.type, fmt))
         for scale in scales:
             for out in (torch.float32, torch.bfloat16, torch.float16):
                 od = str(out).removeprefix("torch.")
@@ -284,12 +278,10 @@ def dequant_block_cases(env: Env) -> list[Case]:
         if fmt.is_scale_format:
             continue
         for gran in GRANULARITIES.values():
-            if fmt.name not in caps.cast_formats:
-                reason = f"casts from {fmt.name} not declared"
-            elif gran.name not in caps.granularities:
-                reason = f"{gran.name} scaling not declared"
-            else:
-                reason = None
+            device = env.device.type
+            reason = not_declared(
+                caps.why_not_decode(device, fmt) or caps.why_not_scaling(device, gran)
+            )
             for shape, layout in (
                 ((130, 300), "contiguous"),
                 ((128, 128), "contiguous"),
@@ -368,7 +360,7 @@ def amax_cases(env: Env) -> list[Case]:
     caps = env.backend.capabilities
     cases = []
     for gran in GRANULARITIES.values():
-        reason = None if gran.name in caps.granularities else f"{gran.name} not declared"
+        reason = not_declared(caps.why_not_scaling(env.device.type, gran))
         for which in ("random", "nan", "inf", "zeros", "square", "transposed"):
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
                 dt = str(dtype).removeprefix("torch.")

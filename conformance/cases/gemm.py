@@ -29,7 +29,7 @@ from portable_fp8.numerics.granularity import GRANULARITIES, Granularity, as_2d_
 from portable_fp8.numerics.tensor import Fp8Tensor
 
 from .. import data
-from ..model import Case, CaseResult, Env, Verdict
+from ..model import Case, CaseResult, Env, Verdict, not_declared
 
 __all__ = ["GemmSpec", "gemm_cases", "run_gemm"]
 
@@ -97,21 +97,12 @@ class GemmSpec:
         return "; ".join(parts)
 
 
-def _unsupported(spec: GemmSpec, caps: Capabilities) -> str | None:
-    if (spec.fa, spec.fb) not in caps.gemm_formats:
-        return f"GEMMs of {spec.fa} x {spec.fb} not declared"
-    if (spec.ga, spec.gb) not in caps.gemm_granularities:
-        return f"GEMMs with {spec.ga} x {spec.gb} scaling not declared"
-    if spec.out not in caps.out_dtypes:
-        return f"GEMM output {_OUT_NAMES[spec.out]} not declared"
-    if spec.bias and not caps.gemm_bias:
-        return "GEMM bias not declared"
-    if spec.c and not caps.gemm_accumulate:
-        return "GEMM accumulation into C not declared"
-    mult = caps.gemm_dim_multiple
-    if mult > 1 and (spec.k % mult or spec.n % mult):
-        return f"K and N must be multiples of {mult}"
-    return None
+def _unsupported(spec: GemmSpec, caps: Capabilities, device: str) -> str | None:
+    why = caps.why_not_gemm(
+        device, spec.fa, spec.fb, spec.ga, spec.gb, spec.out, bias=spec.bias, c=spec.c
+    )
+    dims = caps.why_not_gemm_dims(spec.k, spec.n)
+    return not_declared(why) or (None if dims is None else f"needs {dims}")
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -473,7 +464,7 @@ def gemm_cases(env: Env) -> list[Case]:
             kind="gemm",
             description=s.describe(),
             run=partial(run_gemm, spec=s),
-            unsupported=_unsupported(s, caps),
+            unsupported=_unsupported(s, caps, env.device.type),
         )
         for s in _specs(env)
     ]

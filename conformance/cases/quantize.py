@@ -34,7 +34,7 @@ from portable_fp8.numerics.scaling import round_scale_to_power_of_two
 from portable_fp8.numerics.tensor import Fp8Tensor
 
 from .. import data
-from ..model import Case, CaseResult, Env, Verdict
+from ..model import Case, CaseResult, Env, Verdict, not_declared
 
 __all__ = ["quantize_cases", "quantize_input", "QUANTIZE_INPUTS"]
 
@@ -230,12 +230,7 @@ def quantize_cases(env: Env) -> list[Case]:
     cases = []
     for fmt in element_formats():
         for gran in GRANULARITIES.values():
-            if fmt.name not in caps.cast_formats:
-                reason = f"casts to {fmt.name} not declared"
-            elif gran.name not in caps.granularities:
-                reason = f"{gran.name} scaling not declared"
-            else:
-                reason = None
+            reason = not_declared(caps.why_not_cast(env.device.type, fmt, granularity=gran))
             for inputs, recipes, dtypes in _variants(env.full):
                 for recipe in recipes:
                     for dtype in dtypes:

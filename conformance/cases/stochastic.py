@@ -29,7 +29,7 @@ from portable_fp8.numerics.formats import FORMATS, Format
 from portable_fp8.numerics.granularity import TENSORWISE
 
 from .. import data
-from ..model import Case, CaseResult, Env, Verdict
+from ..model import Case, CaseResult, Env, Verdict, not_declared
 
 __all__ = ["stochastic_cases", "hoeffding_tolerance", "FALSE_ALARM_PROBABILITY"]
 
@@ -227,12 +227,7 @@ def stochastic_cases(env: Env) -> list[Case]:
     caps = env.backend.capabilities
     cases = []
     for fmt in FORMATS.values():
-        if "stochastic" not in caps.rounding:
-            reason = "stochastic rounding not declared"
-        elif fmt.name not in caps.cast_formats:
-            reason = f"casts to {fmt.name} not declared"
-        else:
-            reason = None
+        reason = not_declared(caps.why_not_cast(env.device.type, fmt, rounding="stochastic"))
         cases.append(
             Case(
                 id=f"sr/{fmt.name}/explicit-bits",

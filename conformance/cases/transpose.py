@@ -20,7 +20,7 @@ from portable_fp8.numerics.formats import Format, element_formats
 from portable_fp8.numerics.granularity import TENSORWISE
 
 from .. import data
-from ..model import Case, CaseResult, Env, Verdict
+from ..model import Case, CaseResult, Env, Verdict, not_declared
 from .quantize import QUANTIZE_INPUTS, compare_quantized, fp8_tensor_problem, quantize_input
 
 __all__ = ["transpose_cases"]
@@ -111,12 +111,7 @@ def transpose_cases(env: Env) -> list[Case]:
     caps = env.backend.capabilities
     cases = []
     for fmt in element_formats():
-        if fmt.name not in caps.cast_formats:
-            reason = f"casts to {fmt.name} not declared"
-        elif "tensorwise" not in caps.granularities:
-            reason = "tensorwise scaling not declared"
-        else:
-            reason = None
+        reason = not_declared(caps.why_not_cast(env.device.type, fmt, granularity="tensorwise"))
         for inputs, recipes, dtypes in _variants(env.full):
             for recipe in recipes:
                 for dtype in dtypes:

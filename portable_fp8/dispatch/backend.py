@@ -8,7 +8,6 @@ Subclasses override the primitives their hardware does well; the defaults compos
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -16,77 +15,12 @@ import torch
 from ..errors import NotSupportedError
 from ..numerics.cast import amax as _amax
 from ..numerics.formats import Format
-from ..numerics.gemm import AccumulatorModel
 from ..numerics.granularity import TENSORWISE, Granularity, as_2d_shape
 from ..numerics.scaling import mx_scale_from_amax, scale_from_amax
 from ..numerics.tensor import Fp8Tensor
+from .capabilities import DEFAULT_GEMM_GRANULARITIES, Capabilities
 
 __all__ = ["Capabilities", "Backend", "CastTranspose", "DEFAULT_GEMM_GRANULARITIES"]
-
-#: The (A, B) granularity pairs of a scaled GEMM, with B as the (K, N) operand.
-DEFAULT_GEMM_GRANULARITIES: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("tensorwise", "tensorwise"),
-        ("rowwise", "columnwise"),
-        ("block_1x128", "block_128x128"),
-        ("mx_1x32", "mx_32x1"),
-    }
-)
-
-_FLOAT_OUTS = frozenset({torch.float32, torch.bfloat16, torch.float16})
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a backend declares it computes conformantly (data, read by ops and the suite).
-
-    ``accumulator`` is the GEMM accumulator the backend claims (None: exact, as the
-    reference); the conformance suite judges its GEMMs with the bound that model implies.
-    ``fast_accumulator`` is the narrower accumulator it may use for a GEMM asked for with
-    ``fast_accum=True`` (None: it has no faster mode and runs ``accumulator`` for those too);
-    the suite judges such GEMMs with that model's bound.
-    ``gemm_dim_multiple`` is the multiple that K and N must be (1: any).
-    """
-
-    devices: frozenset[str]
-    cast_formats: frozenset[str]
-    gemm_formats: frozenset[tuple[str, str]]
-    granularities: frozenset[str]
-    gemm_granularities: frozenset[tuple[str, str]] = DEFAULT_GEMM_GRANULARITIES
-    rounding: frozenset[str] = frozenset({"nearest", "stochastic"})
-    non_saturating: bool = True
-    out_dtypes: frozenset[torch.dtype] = _FLOAT_OUTS
-    accumulator: AccumulatorModel | None = None
-    fast_accumulator: AccumulatorModel | None = None
-    gemm_bias: bool = True
-    gemm_accumulate: bool = True
-    gemm_dim_multiple: int = 1
-    notes: tuple[str, ...] = field(default=())
-
-    def runs_fast_accumulator(self, fast_accum: bool) -> bool:
-        """Whether a GEMM asked for with ``fast_accum`` runs ``fast_accumulator`` (and is
-        passed ``fast_accum=True``): only where one is declared."""
-        return fast_accum and self.fast_accumulator is not None
-
-    def as_dict(self) -> dict:
-        """A JSON-friendly description (for `portable-fp8 backends` and reports)."""
-        acc, fast = self.accumulator, self.fast_accumulator
-        return {
-            "devices": sorted(self.devices),
-            "cast_formats": sorted(self.cast_formats),
-            "gemm_formats": sorted("x".join(p) for p in self.gemm_formats),
-            "granularities": sorted(self.granularities),
-            "gemm_granularities": sorted("x".join(p) for p in self.gemm_granularities),
-            "rounding": sorted(self.rounding),
-            "non_saturating": self.non_saturating,
-            "out_dtypes": sorted(str(d).removeprefix("torch.") for d in self.out_dtypes),
-            "accumulator": "exact" if acc is None else vars(acc),
-            "fast_accumulator": None if fast is None else vars(fast),
-            "gemm_bias": self.gemm_bias,
-            "gemm_accumulate": self.gemm_accumulate,
-            "gemm_dim_multiple": self.gemm_dim_multiple,
-            "notes": list(self.notes),
-        }
 
 
 class CastTranspose(NamedTuple):

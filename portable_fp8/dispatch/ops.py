@@ -2,9 +2,9 @@
 
 Every function validates its arguments here, once, then hands them to the backend chosen by
 the registry (see :mod:`portable_fp8.dispatch.registry`). Which features a backend declares is
-checked
-once per combination (backend, device, formats, granularities, ...) and remembered while the
-backend's ``capabilities`` object stays the same; the arguments' types, shapes, devices and
+asked of
+its ``capabilities`` object (:meth:`~portable_fp8.dispatch.capabilities.Capabilities.why_not_cast`
+and its siblings), which remembers its answers; the arguments' types, shapes, devices and
 values are checked on every call. Scales follow one convention: a scale is
 the **quantisation multiplier** (``cast_to_fp8(x, scale=s)`` stores ``x * s``, and
 dequantising multiplies by ``fp32(1 / s)``).
@@ -25,7 +25,7 @@ from ..numerics.formats import Format, get_format
 from ..numerics.granularity import TENSORWISE, Granularity, as_2d_shape, get_granularity
 from ..numerics.scaling import reciprocal
 from ..numerics.tensor import Fp8Tensor
-from .backend import Backend, Capabilities, CastTranspose
+from .backend import Backend, CastTranspose
 from .registry import select_backend
 
 __all__ = [
@@ -77,34 +77,6 @@ def _backend_for(backend: str | None, *tensors: torch.Tensor) -> tuple[Backend, 
             devices = sorted({t.device.type for t in tensors})
             raise Fp8ValueError(f"tensors are on different devices: {devices}")
     return select_backend(backend, device), device
-
-
-def _require(backend: Backend, ok: bool, feature: str) -> None:
-    if not ok:
-        raise NotSupportedError(backend.name, feature)
-
-
-def _require_device(backend: Backend, device: str) -> None:
-    _require(backend, device in backend.capabilities.devices, f"tensors on device {device!r}")
-
-
-#: Capability checks that passed: key (id(backend), device, features...) -> (backend,
-#: capabilities checked). An entry counts only while ``backend.capabilities`` is still the
-#: object it was checked against; it keeps the backend alive, so its id is not reused.
-_CHECKED: dict[tuple, tuple[Backend, Capabilities]] = {}
-_CHECKED_MAX = 4096
-
-
-def _already_checked(key: tuple, backend: Backend) -> bool:
-    """Whether the checks of ``key`` passed for ``backend``'s current capabilities object."""
-    hit = _CHECKED.get(key)
-    return hit is not None and hit[1] is backend.capabilities
-
-
-def _remember_checked(key: tuple, backend: Backend) -> None:
-    if len(_CHECKED) >= _CHECKED_MAX:
-        _CHECKED.clear()
-    _CHECKED[key] = (backend, backend.capabilities)
 
 
 #: str or dtype spellings of formats already resolved by get_format.
@@ -194,50 +166,19 @@ def _check_cast_support(
     rounding: str,
     granularity: Granularity | None = None,
 ) -> None:
-    """Raise NotSupportedError unless ``backend`` declares this cast (cached when it does)."""
-    gran = None if granularity is None else granularity.name
-    key = (id(backend), device, fmt.name, bool(saturate), rounding, gran)
-    if _already_checked(key, backend):
-        return
-    caps = backend.capabilities
-    _require_device(backend, device)
-    _require(backend, fmt.name in caps.cast_formats, f"casts to {fmt.name}")
-    _require(backend, saturate or caps.non_saturating, "non-saturating casts")
-    _require(backend, rounding in caps.rounding, f"{rounding} rounding")
-    if gran is not None:
-        _require(backend, gran in caps.granularities, f"{gran} scaling")
-    _remember_checked(key, backend)
+    """Raise NotSupportedError unless ``backend`` declares this cast."""
+    reason = backend.capabilities.why_not_cast(
+        device, fmt.name, saturate=saturate, rounding=rounding, granularity=granularity
+    )
+    if reason is not None:
+        raise NotSupportedError(backend.name, reason)
 
 
 def _check_decode_support(backend: Backend, device: str, fmt: Format) -> None:
-    """Raise NotSupportedError unless ``backend`` declares casts from ``fmt`` (cached)."""
-    key = (id(backend), device, fmt.name, "decode")
-    if _already_checked(key, backend):
-        return
-    _require_device(backend, device)
-    _require(backend, fmt.name in backend.capabilities.cast_formats, f"casts from {fmt.name}")
-    _remember_checked(key, backend)
-
-
-def _check_gemm_support(backend: Backend, key: tuple) -> None:
-    """Raise NotSupportedError unless ``backend`` declares the GEMM of ``key``, else remember it.
-
-    ``key``: (id(backend), device, A format, B format, A granularity, B granularity, out
-    dtype, bias given, c given), as :func:`scaled_mm` builds it.
-    """
-    _, device, fa, fb, ga, gb, out_dtype, bias, c = key
-    caps = backend.capabilities
-    _require_device(backend, device)
-    _require(backend, (fa, fb) in caps.gemm_formats, f"GEMMs of {fa} x {fb}")
-    _require(
-        backend,
-        (ga, gb) in caps.gemm_granularities,
-        f"GEMMs with {ga} x {gb} scaling",
-    )
-    _require(backend, out_dtype in caps.out_dtypes, f"GEMM output {out_dtype}")
-    _require(backend, not bias or caps.gemm_bias, "GEMM bias")
-    _require(backend, not c or caps.gemm_accumulate, "GEMM accumulation into c")
-    _remember_checked(key, backend)
+    """Raise NotSupportedError unless ``backend`` declares casts from ``fmt``."""
+    reason = backend.capabilities.why_not_decode(device, fmt.name)
+    if reason is not None:
+        raise NotSupportedError(backend.name, reason)
 
 
 def compute_amax(x: torch.Tensor) -> torch.Tensor:
@@ -470,25 +411,23 @@ def scaled_mm(
                 )
             extra.append(c)
         chosen, device = _backend_for(backend, a.data, b.data, *extra)
-    key = (
-        id(chosen),
+    caps = chosen.capabilities
+    reason = caps.why_not_gemm(
         device,
         a.format.name,
         b.format.name,
         a.granularity.name,
         b.granularity.name,
         out_dtype,
-        bias is not None,
-        c is not None,
+        bias=bias is not None,
+        c=c is not None,
     )
-    if not _already_checked(key, chosen):
-        _check_gemm_support(chosen, key)
-    mult = chosen.capabilities.gemm_dim_multiple
-    if mult > 1 and (k % mult or n % mult):
-        raise Fp8ValueError(
-            f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"
-        )
-    if fast_accum and chosen.capabilities.runs_fast_accumulator(True):  # no call when False
+    if reason is not None:
+        raise NotSupportedError(chosen.name, reason)
+    reason = caps.why_not_gemm_dims(k, n)
+    if reason is not None:
+        raise Fp8ValueError(f"backend {chosen.name!r} needs {reason}")
+    if fast_accum and caps.runs_fast_accumulator(True):  # no call when False
         return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=True)
     return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
 

@@ -402,7 +402,7 @@ def select_backend(name: str | None = None, device: str | None = None) -> Backen
     candidates = [
         b
         for b in state.backends.values()
-        if unavailable_reason(b) is None and device_type in b.capabilities.devices
+        if unavailable_reason(b) is None and b.capabilities.why_not_device(device_type) is None
     ]
     if not candidates:
         raise BackendUnavailableError(

@@ -44,35 +44,47 @@ class ConversionReport:
 
 
 def unsupported_reason(
-    backend: Backend, recipe: Recipe, in_features: int, out_features: int
+    backend: Backend,
+    recipe: Recipe,
+    in_features: int,
+    out_features: int,
+    *,
+    device: str | None = None,
 ) -> str | None:
-    """Why ``backend`` cannot run a Linear(in, out) with ``recipe`` (None if it can)."""
+    """Why ``backend`` cannot run a Linear(in, out) with ``recipe`` on ``device`` (a device
+    type; None: any the backend declares), or None if it can.
+
+    Asks the backend's capabilities (its ``why_not_*`` methods) about casts to every GEMM
+    operand's format, the scaling of the activations and of the weight as stored, each
+    GEMM's formats and explicit output dtype with the recipe's granularity pair, and the
+    K/N multiple with in_features and out_features (the forward and dgrad GEMMs' K and N;
+    the Linear pads the token dimension, wgrad's K).
+    """
     caps = backend.capabilities
     a_gran, b_gran = recipe.granularities()
-    for gemm, spec in recipe.gemms().items():
+    w_gran = b_gran.transposed()
+    for spec in recipe.gemms().values():
         for fmt in (spec.a_format, spec.b_format):
-            if fmt not in caps.cast_formats:
+            why = caps.why_not_cast(device, fmt)
+            if why is not None:
                 hint = ""
-                if fmt == "e4m3fn" and "e4m3_gaudi2" in caps.cast_formats:
+                if fmt == "e4m3fn" and caps.why_not_cast(device, "e4m3_gaudi2") is None:
                     hint = " (a Gaudi2: use portable_fp8.nn.gaudi2(recipe))"
-                return f"backend {backend.name!r} has no casts to {fmt}{hint}"
-        if (spec.a_format, spec.b_format) not in caps.gemm_formats:
-            return (
-                f"backend {backend.name!r} has no {spec.a_format} x {spec.b_format} GEMM ({gemm})"
-            )
-        if spec.out_dtype is not None and spec.out_dtype not in caps.out_dtypes:
-            return f"backend {backend.name!r} has no GEMM output {spec.out_dtype} ({gemm})"
-    for gran in (a_gran, b_gran.transposed()):
-        if gran.name not in caps.granularities:
-            return f"backend {backend.name!r} has no {gran.name} scaling"
-    if (a_gran.name, b_gran.name) not in caps.gemm_granularities:
-        return f"backend {backend.name!r} has no {a_gran.name} x {b_gran.name} GEMM"
-    m = caps.gemm_dim_multiple
-    if m > 1 and (in_features % m or out_features % m):
-        return (
-            f"in_features={in_features} and out_features={out_features} must be multiples "
-            f"of {m} for backend {backend.name!r}"
+                return f"backend {backend.name!r} does not support {why}{hint}"
+    for gran in (a_gran, w_gran):
+        why = caps.why_not_scaling(device, gran)
+        if why is not None:
+            return f"backend {backend.name!r} does not support {why}"
+    for gemm, spec in recipe.gemms().items():
+        # out_dtype None (the activation dtype) is not known here: checked when it runs
+        why = caps.why_not_gemm(
+            device, spec.a_format, spec.b_format, a_gran, b_gran, spec.out_dtype
         )
+        if why is not None:
+            return f"backend {backend.name!r} does not support {why} ({gemm})"
+    why = caps.why_not_gemm_dims(in_features, out_features)
+    if why is not None:
+        return f"backend {backend.name!r} needs {why} (in_features, out_features)"
     return None
 
 
@@ -103,7 +115,9 @@ def convert(
             if module_filter is not None and not module_filter(name, module):
                 report.excluded.append(name)
                 return module
-            why = unsupported_reason(chosen, recipe, module.in_features, module.out_features)
+            why = unsupported_reason(
+                chosen, recipe, module.in_features, module.out_features, device=device_type
+            )
             if why is not None:
                 report.skipped[name] = why
                 return module

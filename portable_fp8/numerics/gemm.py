@@ -25,8 +25,8 @@ Narrow-accumulator mode (:class:`AccumulatorModel`): models a hardware accumulat
 exactly, as a tensor-core dot product does) and rounds (to nearest even or by truncation)
 after each addition; every ``promote_every`` elements of K (and at each change of block
 scale), the partial sum is scaled and added into an fp32 accumulator (the DeepSeek-V3
-promotion strategy). Hopper's fast-accumulation mode keeps about 14 significant bits per
-the DeepSeek-V3 technical report (arXiv:2412.19437, section 3.3.2).
+promotion strategy). Vendors' instances (e.g. NVIDIA's, in
+``portable_fp8.backends.nvidia``) live with their backends.
 """
 
 from __future__ import annotations
@@ -44,8 +44,6 @@ from .granularity import Granularity, as_2d_shape
 __all__ = [
     "AccumulatorModel",
     "FP32_ACCUMULATOR",
-    "HOPPER_FAST_ACCUMULATOR",
-    "DEEPGEMM_PROMOTED_ACCUMULATOR",
     "reference_scaled_mm",
     "gemm_error_bound",
     "unit_roundoff",
@@ -71,11 +69,6 @@ class AccumulatorModel:
 
 #: IEEE fp32 accumulation, one product at a time (the usual CPU/GPU path).
 FP32_ACCUMULATOR = AccumulatorModel(23, "nearest", 1)
-#: Hopper FP8 fast accumulation as reported by DeepSeek-V3: about 14 bits kept, truncated,
-#: 32 products (one wgmma k-step of FP8) per addition, never promoted.
-HOPPER_FAST_ACCUMULATOR = AccumulatorModel(13, "truncate", 32)
-#: The same tensor-core accumulator promoted to fp32 every 128 elements of K (DeepGEMM).
-DEEPGEMM_PROMOTED_ACCUMULATOR = AccumulatorModel(13, "truncate", 32, promote_every=128)
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
