@@ -272,15 +272,25 @@ def _operand_problem(what: str, got: Fp8Tensor, want: Fp8Tensor) -> str | None:
     gs, ws = got.scale.cpu().float(), want.scale.float()
     if gs.shape != ws.shape:
         return f"{what}: scale shape {tuple(gs.shape)}, want {tuple(ws.shape)}"
-    n_scales = int(data.float_mismatches(gs, ws).sum())
-    n_codes = int(data.code_mismatches(g, want.data, want.format).sum())
-    if n_scales or n_codes:
-        return (
-            f"{what}: {n_codes} of {want.data.numel()} codes and {n_scales} of {ws.numel()} "
-            f"scales differ from the reference's (casts must be bit-exact; first scale got "
-            f"{float(gs.reshape(-1)[0])!r} want {float(ws.reshape(-1)[0])!r})"
+    bad_scales = data.float_mismatches(gs, ws)
+    bad_codes = data.code_mismatches(g, want.data, want.format)
+    if not (bad_scales.any() or bad_codes.any()):
+        return None
+    parts = []
+    if bad_scales.any():
+        i = int(bad_scales.nonzero()[0, 0])
+        parts.append(
+            f"{int(bad_scales.sum())} of {ws.numel()} scales differ (first: block {i}, got "
+            f"{float(gs.reshape(-1)[i])!r} want {float(ws.reshape(-1)[i])!r})"
         )
-    return None
+    if bad_codes.any():
+        i = int(bad_codes.nonzero()[0, 0])
+        gc, wc = codes_of(g).reshape(-1), codes_of(want.data).reshape(-1)
+        parts.append(
+            f"{int(bad_codes.sum())} of {wc.numel()} codes differ (first: element {i}, got "
+            f"0x{int(gc[i]):02x} want 0x{int(wc[i]):02x})"
+        )
+    return f"{what}: " + " and ".join(parts) + " from the reference's (casts are bit-exact)"
 
 
 def _dequant64(q: Fp8Tensor) -> torch.Tensor:
