@@ -363,6 +363,28 @@ class TransposeSignedAmax(ReferenceBackend):
         )
 
 
+class TransposeIgnoresGivenScale(CpuBackend):
+    """quantize_transpose given a scale (delayed or static scaling) writes the codes of x.T
+    with the scale of x's own amax (a fused kernel whose second output always uses current
+    scaling), while returning the given scale: the FP8 Linear's backward GEMMs then read
+    x.T and dy.T codes of another scale. With delayed scaling this shows from the second step
+    only (the first step's scale is the current one)."""
+
+    name = "mutant-transpose-given-scale"
+
+    def quantize_transpose(self, x, fmt, scale, amax, *, margin, power_of_two, saturate):
+        r = super().quantize_transpose(
+            x, fmt, scale, amax, margin=margin, power_of_two=power_of_two, saturate=saturate
+        )
+        if scale is None:
+            return r
+        own = super().quantize_transpose(
+            x, fmt, None, None, margin=margin, power_of_two=power_of_two, saturate=saturate
+        )
+        wrong = Fp8Tensor(own.transposed.data, r.data.scale, fmt, TENSORWISE)
+        return CastTranspose(r.data, wrong, r.amax)
+
+
 # -- GEMM ----------------------------------------------------------------------------------
 
 
@@ -572,6 +594,12 @@ MUTANTS: tuple[Mutant, ...] = (
         "Cast and transpose",
         ("quantize_transpose/*/given-amax/*",),
         ("quantize_transpose/*/current/*", "quantize_transpose/*/static/*", "quantize/*"),
+    ),
+    Mutant(
+        TransposeIgnoresGivenScale,
+        "Cast and transpose",
+        ("linear/delayed/*", "linear/static/*"),
+        ("linear/current/*", "linear/blockwise/*", "quantize/*", "gemm/*"),
     ),
     Mutant(
         DequantFirstScaleOnly,

@@ -8,6 +8,7 @@ from ..model import Case, Env
 from .accumulator import accumulator_cases
 from .casts import amax_cases, cast_cases, dequant_block_cases, dequant_cases
 from .gemm import gemm_cases
+from .linear import linear_cases
 from .quantize import quantize_cases
 from .stochastic import stochastic_cases
 from .transpose import transpose_cases
@@ -24,6 +25,7 @@ KINDS = (
     "stochastic",
     "gemm",
     "fingerprint",
+    "linear",
 )
 
 
@@ -40,6 +42,7 @@ def generate_cases(env: Env) -> list[Case]:
         stochastic_cases,
         gemm_cases,
         accumulator_cases,
+        linear_cases,
     ):
         cases += make(env)
     dup = [i for i, n in Counter(c.id for c in cases).items() if n > 1]
