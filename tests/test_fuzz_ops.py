@@ -336,7 +336,7 @@ def test_fuzz_cast_to_fp8(data, x, format, saturate, rounding) -> None:
     scale = data.draw(scales_for(()))
     rand_bits = data.draw(rand_bits_for(shape))
     gen = data.draw(generators())
-    backend = data.draw(st.sampled_from([None, None, None, 3, "nope"]))
+    backend = data.draw(st.sampled_from([None, None, None, 3, "nope", [1], {}, b"cpu"]))
 
     def call(be):
         return fp8.cast_to_fp8(

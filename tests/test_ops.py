@@ -588,3 +588,13 @@ def test_results_carry_no_autograd_state(granularity):
     a, b = _q(x=torch.randn(4, 16)), _q(x=torch.randn(16, 8))
     out = fp8.scaled_mm(a, b, bias=torch.zeros(8, requires_grad=True), backend="reference")
     assert not out.requires_grad
+
+
+@pytest.mark.parametrize("backend", [[1], {}, b"cpu", 1.5, 0], ids=repr)
+def test_backend_must_be_a_name(backend):
+    # backend={} used to be taken as "let the registry choose", [1] raised a raw TypeError.
+    with pytest.raises(Fp8TypeError, match="backend must be a backend name"):
+        fp8.cast_to_fp8(X, backend=backend)
+    a, b = _q(), _q(x=torch.ones(16, 8))
+    with pytest.raises(Fp8TypeError, match="backend must be a backend name"):
+        fp8.scaled_mm(a, b, backend=backend)

@@ -30,6 +30,7 @@ __all__ = [
     "MIN_SCALE",
     "MAX_SCALE",
     "check_bool",
+    "check_backend_name",
     "check_tensor",
     "check_high_precision",
     "check_out_dtype",
@@ -51,6 +52,16 @@ def check_bool(value: object, what: str) -> bool:
     if value.__class__ is not bool:
         raise Fp8TypeError(f"{what} must be a bool, got {type(value).__name__} {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_backend_name(backend: object) -> str | None:
+    """``backend`` if it is None (let the registry choose) or a backend name (a str)."""
+    if backend is not None and backend.__class__ is not str:
+        raise Fp8TypeError(
+            f"backend must be a backend name (str) or None, got {type(backend).__name__} "
+            f"{backend!r}"
+        )
+    return backend  # type: ignore[return-value]
 
 
 def check_tensor(x: object, what: str) -> torch.Tensor:

@@ -72,6 +72,7 @@ def _backend_for(backend: str | None, *tensors: torch.Tensor) -> tuple[Backend, 
 
     Whether the backend runs on that device is checked by the caller's ``_check_*`` (cached).
     """
+    _v.check_backend_name(backend)
     device = _device_type(tensors[0]) if tensors else "cpu"
     for t in tensors[1:]:
         if _device_type(t) != device:
@@ -470,7 +471,7 @@ def scaled_mm(
         device = _device_type(a.data)
         if _device_type(b.data) != device:
             _backend_for(backend, a.data, b.data)  # raises the error for mixed devices
-        chosen = select_backend(backend, device)
+        chosen = select_backend(_v.check_backend_name(backend), device)
     else:
         extra = []
         if bias is not None:
