@@ -598,3 +598,9 @@ def test_backend_must_be_a_name(backend):
     a, b = _q(), _q(x=torch.ones(16, 8))
     with pytest.raises(Fp8TypeError, match="backend must be a backend name"):
         fp8.scaled_mm(a, b, backend=backend)
+
+
+def test_amax_beyond_fp32_is_inf_not_a_crash():
+    # Found by tests/test_fuzz_ops.py: amax=1e39 raised a raw RuntimeError from torch.full.
+    q, _, _ = fp8.quantize_transpose(X, amax=1e39, backend="reference")
+    assert float(q.scale) == 1.0  # inf amax gives scale 1 (contract)

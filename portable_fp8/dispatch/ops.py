@@ -167,6 +167,9 @@ def _scale_tensor(
             scale = _v.check_scale_number(scale, what)
         elif isinstance(scale, int) and abs(scale) > _v.MAX_SCALE:
             raise Fp8ValueError(f"{what} must fit in fp32, got {scale!r}")
+        else:  # an unchecked value (amax): fp32 rounds beyond its range to inf, as a cast does
+            value = torch.tensor(float(scale), dtype=torch.float64).to(torch.float32)
+            return value.expand(shape).to(like.device, copy=True)
         return torch.full(shape, float(scale), dtype=torch.float32, device=like.device)
     scale = _check_tensor(scale, what)
     if not scale.is_floating_point():
