@@ -649,3 +649,66 @@ def test_fast_accum_only_in_the_gemms_whose_spec_asks(reference_gemm_calls):
         layer(x).sum().backward()
         assert seen == [True, "not passed", "not passed"], recipe  # forward, dgrad, wgrad
     assert pn.gaudi2(pn.CurrentScaling(forward=fast_fwd)).forward.fast_accum
+
+
+# -- faults and bad input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("amax_compute", ["most_recent", "max"])
+def test_delayed_scaling_ignores_empty_batches(amax_compute):
+    # An empty batch used to record amax 0; with "most_recent" the next step then quantised
+    # 1e-3-scale data with scale 1 (output error 3% -> 53%). Now it changes no state, so the
+    # layer behaves exactly like a twin that never saw the empty batch.
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8, bias=False)
+    recipe = pn.DelayedScaling(history_len=4, amax_compute=amax_compute)
+    ours = pn.Linear.from_linear(lin, recipe, backend="reference")
+    twin = pn.Linear.from_linear(lin, recipe, backend="reference")
+    x1, x2 = torch.randn(4, 16) * 1e-3, torch.randn(4, 16) * 1e-3
+    for m in (ours, twin):
+        m(x1).sum().backward()
+    hist, scale = ours.amax_history.clone(), ours.scale.clone()
+    empty = torch.zeros(0, 16, requires_grad=True)
+    out = ours(empty)
+    out.sum().backward()
+    assert out.shape == (0, 8)
+    # Input and grad_output rows untouched; the weight (not empty) is recorded as every step.
+    for role in (0, 2):
+        assert torch.equal(ours.amax_history[role], hist[role])
+    assert torch.equal(ours.amax_history[1, :2], hist[1, :2].new_full((2,), hist[1, 0]))
+    assert torch.equal(ours.scale, scale)
+    assert torch.equal(ours(x2), twin(x2))
+
+
+@pytest.mark.parametrize("shape", [(4, 16), (2, 3, 16)])
+def test_linear_output_is_not_a_view(shape):
+    # FSDP2 warned that the output was a view: an in-place op on a view returned by an
+    # autograd Function drops hooks registered on it (FSDP2's pre-backward hook).
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 8)
+    ours = pn.Linear.from_linear(lin, backend="reference")
+    x = torch.randn(*shape, requires_grad=True)
+    out = ours(x)
+    assert out._base is None and out.shape == (*shape[:-1], 8)
+    out.mul_(2.0)  # in place, then backward: the gradient is twice the plain one
+    out.sum().backward()
+    g_inplace, gw_inplace = x.grad.clone(), ours.weight.grad.clone()
+    x.grad = None
+    ours.weight.grad = None
+    (ours(x) * 2.0).sum().backward()
+    assert torch.equal(x.grad, g_inplace) and torch.equal(ours.weight.grad, gw_inplace)
+
+
+def test_recipe_margin_and_power_of_two_are_checked():
+    from portable_fp8.errors import Fp8TypeError
+
+    pn.CurrentScaling(margin=6)  # the largest margin of E4M3FN (E5M2 allows 13)
+    with pytest.raises(Fp8ValueError, match="margin must be in \\[0, 6\\] for e4m3fn"):
+        pn.CurrentScaling(margin=7)
+    with pytest.raises(Fp8ValueError, match="margin must be in \\[0, 5\\] for e4m3_gaudi2"):
+        pn.gaudi2(pn.CurrentScaling(margin=6))
+    for margin in (None, "1", 1.0, True):
+        with pytest.raises(Fp8TypeError, match="margin must be an int"):
+            pn.DelayedScaling(margin=margin)
+    with pytest.raises(Fp8TypeError, match="power_of_two must be a bool"):
+        pn.CurrentScaling(power_of_two="False")

@@ -428,3 +428,179 @@ def test_fast_accum_reaches_only_a_backend_that_declares_a_fast_accumulator(refe
     )  # fmt: skip
     assert torch.equal(fast, want) and not torch.equal(fast, exact)
     assert torch.equal(mm(), exact) and seen[-1] == "not passed"  # default stays the default
+
+
+# -- the op API takes only what it documents (measured faults, one test each) -----------------
+
+_BOOL_LIKE = ["False", "True", 0, 1, None, torch.tensor(True)]
+
+
+@pytest.mark.parametrize("value", _BOOL_LIKE, ids=repr)
+@pytest.mark.parametrize("flag", ["saturate", "power_of_two"])
+def test_flags_must_be_bool(flag, value):
+    # saturate="False" used to saturate, power_of_two="False" was taken as true.
+    with pytest.raises(Fp8TypeError, match=f"{flag} must be a bool"):
+        _q(**{flag: value})
+    with pytest.raises(Fp8TypeError, match=f"{flag} must be a bool"):
+        fp8.quantize_transpose(X, backend="reference", **{flag: value})
+    if flag == "saturate":
+        with pytest.raises(Fp8TypeError, match="saturate must be a bool"):
+            fp8.cast_to_fp8(X, saturate=value, backend="reference")
+    a, b = _q(), _q(x=torch.ones(16, 8))
+    with pytest.raises(Fp8TypeError, match="fast_accum must be a bool"):
+        fp8.scaled_mm(a, b, fast_accum=value, backend="reference")
+
+
+@pytest.mark.parametrize(
+    ("margin", "exc"),
+    [(None, Fp8TypeError), ("1", Fp8TypeError), (1.0, Fp8TypeError), (True, Fp8TypeError),
+     (-1, Fp8ValueError), (7, Fp8ValueError), (200, Fp8ValueError), (2000, Fp8ValueError)],
+)  # fmt: skip
+def test_margin_must_be_an_int_in_range(margin, exc):
+    # None/"1" raised TypeError, 2000 OverflowError, 200 gave scale 0 and NaN on dequantise.
+    with pytest.raises(exc, match="margin"):
+        _q(margin=margin)
+    with pytest.raises(exc, match="margin"):
+        fp8.quantize_transpose(X, margin=margin, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_largest_margin_keeps_a_normal_scale_for_the_largest_amax(backend):
+    big = torch.tensor([[torch.finfo(torch.float32).max, 1.0]])
+    for fmt in element_formats():
+        top = fp8.numerics.scaling.max_margin(fmt)
+        t = fp8.quantize(big, fmt, margin=top, backend=backend)
+        s = float(t.scale)
+        assert torch.finfo(torch.float32).tiny <= s < math.inf, (fmt.name, s)
+        assert torch.isfinite(fp8.dequantize(t, backend=backend)).all()
+
+
+_BAD_SCALES = [0.0, -0.0, -1.0, math.nan, math.inf, -math.inf, 1e39, 1e-45, 2.0**-127]
+
+
+@pytest.mark.parametrize("scale", _BAD_SCALES, ids=repr)
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_scales_must_be_positive_normal_fp32(scale, as_tensor):
+    # 0, NaN, negative and inf scales were accepted; 1e39 raised a raw RuntimeError.
+    s = torch.tensor(scale, dtype=torch.float64) if as_tensor else scale
+    with pytest.raises(Fp8ValueError, match="scale must"):
+        fp8.cast_to_fp8(X, scale=s, backend="cpu")
+    with pytest.raises(Fp8ValueError, match="scale must"):
+        fp8.cast_from_fp8(_q().data, s, backend="cpu")
+    with pytest.raises(Fp8ValueError, match="scale must"):
+        _q(scale=s)
+    with pytest.raises(Fp8ValueError, match="scale must"):
+        fp8.quantize_transpose(X, scale=s, backend="reference")
+    rowwise = torch.full((4, 1), 2.0, dtype=torch.float64)  # fp32 of 1e39 is inf: rejected
+    rowwise[2] = float(scale)
+    with pytest.raises(Fp8ValueError, match="scale must"):
+        _q(granularity="rowwise", scale=rowwise)
+
+
+def test_extreme_valid_scales_are_accepted():
+    for s in (2.0**-126, torch.finfo(torch.float32).max, 1.0):
+        assert fp8.cast_to_fp8(torch.zeros(2), scale=s, backend="cpu").float().eq(0).all()
+
+
+def test_amax_argument_is_not_a_scale():
+    # amax is a measurement: zero/inf/NaN/negative amax follow the contract (scale 1 or |amax|).
+    for amax in (0.0, math.inf, math.nan):
+        q, _, _ = fp8.quantize_transpose(X, amax=torch.tensor(amax), backend="reference")
+        assert float(q.scale) == 1.0
+    q, _, _ = fp8.quantize_transpose(X, amax=torch.tensor(-10.0), backend="reference")
+    assert float(q.scale) == pytest.approx(44.8)
+
+
+@pytest.mark.parametrize("generator", [42, "gen", 1.0, torch.zeros(1)], ids=repr)
+def test_generator_must_be_a_torch_generator(generator):
+    with pytest.raises(Fp8TypeError, match="generator must be a torch.Generator"):
+        fp8.cast_to_fp8(X, rounding="stochastic", generator=generator, backend="reference")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: X.to_sparse(), lambda: X.to_sparse_csr(),
+     lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])],
+    ids=["coo", "csr", "nested"],
+)  # fmt: skip
+def test_only_dense_tensors_are_accepted(make):
+    x = make()
+    with pytest.raises(Fp8ValueError, match="dense"):
+        fp8.cast_to_fp8(x, backend="reference")
+    with pytest.raises(Fp8ValueError, match="dense"):
+        _q(x=x)
+    with pytest.raises(Fp8ValueError, match="dense"):
+        fp8.compute_amax(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32, torch.bool, torch.float64])
+def test_other_dtypes_are_type_errors(dtype):
+    with pytest.raises(Fp8TypeError, match="float32, bfloat16 or float16"):
+        fp8.compute_amax(torch.zeros(3, dtype=dtype))
+
+
+@pytest.mark.parametrize("value", [None, "float32", float, torch.float64, 1], ids=repr)
+def test_out_dtype_of_wrong_type(value):
+    with pytest.raises(Fp8TypeError, match="out_dtype"):
+        fp8.dequantize(_q(), value)
+    with pytest.raises(Fp8TypeError, match="out_dtype"):
+        fp8.cast_from_fp8(_q().data, out_dtype=value)
+
+
+@pytest.mark.parametrize("rounding", [None, 1, ["nearest"], "Nearest"], ids=repr)
+def test_rounding_of_wrong_type(rounding):
+    with pytest.raises(Fp8ValueError, match="rounding must be one of"):
+        fp8.cast_to_fp8(X, rounding=rounding, backend="reference")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_inconsistent_fp8_tensors_give_the_same_error_on_every_backend(backend):
+    t = _q(granularity="rowwise")
+    as_e5m2 = fp8.Fp8Tensor(t.data.view(torch.uint8).view(torch.float8_e5m2), t.scale,
+                            t.format, t.granularity)  # fmt: skip
+    with pytest.raises(Fp8TypeError, match=r"t.data has dtype torch.float8_e5m2.*e4m3fn"):
+        fp8.dequantize(as_e5m2, backend=backend)
+    wrong_shape = fp8.Fp8Tensor(t.data, torch.ones(3), t.format, t.granularity)
+    with pytest.raises(Fp8ValueError, match=r"t.scale has shape \(3,\).*\(4, 1\)"):
+        fp8.dequantize(wrong_shape, backend=backend)
+    zero = fp8.Fp8Tensor(t.data, torch.zeros_like(t.scale), t.format, t.granularity)
+    with pytest.raises(Fp8ValueError, match="t.scale must"):
+        fp8.dequantize(zero, backend=backend)
+    b = _q(x=torch.ones(16, 8), granularity="columnwise")
+    with pytest.raises(Fp8ValueError, match=r"a.scale has shape \(3,\)"):
+        fp8.scaled_mm(wrong_shape, b, backend=backend)
+    with pytest.raises(Fp8TypeError, match="a.data has dtype"):
+        fp8.scaled_mm(as_e5m2, b, backend=backend)
+
+
+@pytest.mark.parametrize("granularity", ["tensorwise", "rowwise", "block_1x128", "mx_1x32"])
+def test_results_carry_no_autograd_state(granularity):
+    # Rowwise/blockwise quantize of an input requiring grad returned a scale requiring grad.
+    x = torch.randn(4, 256, requires_grad=True)
+    t = _q(x=x, granularity=granularity)
+    assert not t.data.requires_grad and not t.scale.requires_grad
+    given = fp8.quantize(x, granularity="tensorwise", scale=torch.tensor(2.0, requires_grad=True))
+    assert not given.scale.requires_grad
+    q, qt, amax = fp8.quantize_transpose(x, backend="reference")
+    assert not any(v.requires_grad for v in (q.data, q.scale, qt.data, amax))
+    assert not fp8.compute_amax(x).requires_grad
+    assert not fp8.cast_to_fp8(x, backend="reference").requires_grad
+    a, b = _q(x=torch.randn(4, 16)), _q(x=torch.randn(16, 8))
+    out = fp8.scaled_mm(a, b, bias=torch.zeros(8, requires_grad=True), backend="reference")
+    assert not out.requires_grad
+
+
+@pytest.mark.parametrize("backend", [[1], {}, b"cpu", 1.5, 0], ids=repr)
+def test_backend_must_be_a_name(backend):
+    # backend={} used to be taken as "let the registry choose", [1] raised a raw TypeError.
+    with pytest.raises(Fp8TypeError, match="backend must be a backend name"):
+        fp8.cast_to_fp8(X, backend=backend)
+    a, b = _q(), _q(x=torch.ones(16, 8))
+    with pytest.raises(Fp8TypeError, match="backend must be a backend name"):
+        fp8.scaled_mm(a, b, backend=backend)
+
+
+def test_amax_beyond_fp32_is_inf_not_a_crash():
+    # Found by tests/test_fuzz_ops.py: amax=1e39 raised a raw RuntimeError from torch.full.
+    q, _, _ = fp8.quantize_transpose(X, amax=1e39, backend="reference")
+    assert float(q.scale) == 1.0  # inf amax gives scale 1 (contract)

@@ -14,7 +14,7 @@ import torch
 
 import portable_fp8 as fp8
 from portable_fp8.dispatch.registry import get_backend
-from portable_fp8.errors import Fp8ValueError
+from portable_fp8.errors import Fp8TypeError, Fp8ValueError
 from portable_fp8.numerics.formats import FORMATS, element_formats
 from portable_fp8.numerics.granularity import (
     GRANULARITIES,
@@ -24,6 +24,8 @@ from portable_fp8.numerics.granularity import (
 )
 from portable_fp8.numerics.scaling import (
     GAUDI2_HW_ALIGNED_SCALES,
+    check_margin,
+    max_margin,
     mx_scale_from_amax,
     reciprocal,
     round_scale_to_choices,
@@ -259,3 +261,38 @@ def test_fp8_tensor_scale_inv_and_repr():
     q = fp8.quantize(torch.tensor([[1.0, -3.0]]), "e5m2", scale=3.0, backend="reference")
     assert q.scale_inv.item() == np.float32(1.0) / np.float32(3.0)
     assert "e5m2" in repr(q) and "tensorwise" in repr(q)
+
+
+# -- the margin's range -----------------------------------------------------------------------
+
+
+def test_max_margin_is_floor_log2_max_minus_two():
+    expected = {"e4m3fn": 6, "e5m2": 13, "e4m3fnuz": 5, "e5m2fnuz": 13, "e4m3_gaudi2": 5}
+    assert {f.name: max_margin(f) for f in element_formats()} == expected
+
+
+@pytest.mark.parametrize("fmt", element_formats(), ids=lambda f: f.name)
+def test_every_allowed_margin_keeps_every_scale_a_normal_fp32(fmt):
+    # The extremes of the amax range: the largest finite fp32 gives the smallest scale.
+    fmax = torch.finfo(torch.float32)
+    amax = torch.tensor([fmax.max, fmax.max / 3, 1.0, fmax.tiny, 2.0**-149])
+    for margin in range(max_margin(fmt) + 1):
+        for p2 in (False, True):
+            s = scale_from_amax(amax, fmt, margin=margin, power_of_two=p2)
+            assert bool(((s >= fmax.tiny) & (s <= 2.0**127)).all()), (margin, s)
+            assert torch.isfinite(torch.reciprocal(s)).all()
+    # One more and the largest amax gets a subnormal scale: the bound is tight.
+    one_more = torch.full((), fmt.max, dtype=torch.float32) / amax[0] / 2.0 ** (max_margin(fmt) + 1)
+    assert float(one_more) < fmax.tiny
+
+
+@pytest.mark.parametrize(
+    ("margin", "exc"),
+    [(None, Fp8TypeError), ("1", Fp8TypeError), (1.0, Fp8TypeError), (True, Fp8TypeError),
+     (-1, Fp8ValueError), (14, Fp8ValueError), (2000, Fp8ValueError)],
+)  # fmt: skip
+def test_scale_from_amax_rejects_bad_margins(margin, exc):
+    with pytest.raises(exc, match="margin"):
+        scale_from_amax(torch.ones(2), FORMATS["e5m2"], margin=margin)
+    with pytest.raises(exc, match="margin"):
+        check_margin(margin, FORMATS["e5m2"])

@@ -12,7 +12,16 @@ dequantising multiplies by ``fp32(1 / s)``).
 Errors: wrong types raise :class:`~portable_fp8.errors.Fp8TypeError`, wrong shapes,
 devices or values :class:`~portable_fp8.errors.Fp8ValueError`, unknown formats
 :class:`~portable_fp8.errors.UnknownFormatError`, features the backend does not declare
-:class:`~portable_fp8.errors.NotSupportedError`. Inputs of any strides are accepted.
+:class:`~portable_fp8.errors.NotSupportedError`. Inputs of any strides are accepted; only
+dense (strided) tensors are (sparse, nested, quantised and meta tensors raise
+Fp8ValueError). Flags (``saturate``, ``power_of_two``, ``fast_accum``) must be ``bool``;
+``margin`` an ``int`` in ``[0, max_margin(format)]`` (see
+:func:`portable_fp8.numerics.scaling.check_margin`); ``generator`` a ``torch.Generator``.
+Scales must be positive normal fp32 numbers; scale *tensors* are value-checked on the CPU
+only, as on an accelerator the check would cost a device synchronisation (see
+:mod:`portable_fp8.dispatch._validate`). Results carry no autograd state: codes, scales
+and outputs are detached even when an input requires grad (these ops are not
+differentiable; :class:`portable_fp8.nn.Linear` supplies the gradients).
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from ..errors import Fp8TypeError, Fp8ValueError, NotSupportedError
 from ..numerics.cast import amax as _amax
 from ..numerics.formats import Format, get_format
 from ..numerics.granularity import TENSORWISE, Granularity, as_2d_shape, get_granularity
-from ..numerics.scaling import reciprocal
+from ..numerics.scaling import check_margin, reciprocal
 from ..numerics.tensor import Fp8Tensor
+from . import _validate as _v
 from .backend import Backend, CastTranspose
 from .registry import select_backend
 
@@ -38,23 +48,14 @@ __all__ = [
     "scaled_mm",
 ]
 
-_HIGH_PRECISION = (torch.float32, torch.bfloat16, torch.float16)
+_HIGH_PRECISION = _v.HIGH_PRECISION
 _ROUNDINGS = ("nearest", "stochastic")
 
 FormatLike = str | torch.dtype | Format
 
 
-def _check_tensor(x: object, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise Fp8TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    return x
-
-
-def _check_high_precision(x: object, what: str = "x") -> torch.Tensor:
-    x = _check_tensor(x, what)
-    if x.dtype not in _HIGH_PRECISION:
-        raise Fp8TypeError(f"{what} must be float32, bfloat16 or float16, got {x.dtype}")
-    return x
+_check_tensor = _v.check_tensor
+_check_high_precision = _v.check_high_precision
 
 
 def _device_type(t: torch.Tensor) -> str:
@@ -71,6 +72,7 @@ def _backend_for(backend: str | None, *tensors: torch.Tensor) -> tuple[Backend, 
 
     Whether the backend runs on that device is checked by the caller's ``_check_*`` (cached).
     """
+    _v.check_backend_name(backend)
     device = _device_type(tensors[0]) if tensors else "cpu"
     for t in tensors[1:]:
         if _device_type(t) != device:
@@ -103,33 +105,55 @@ def _element_format(spec: FormatLike) -> Format:
 
 
 def _scale_tensor(
-    scale: torch.Tensor | float | None, like: torch.Tensor, shape: tuple[int, ...], what: str
+    scale: torch.Tensor | float | None,
+    like: torch.Tensor,
+    shape: tuple[int, ...],
+    what: str,
+    *,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """The scale as an fp32 tensor of ``shape`` on ``like``'s device (None -> 1.0).
 
-    A tensor that already is one (fp32, ``shape``, same device) is returned itself, so that
-    caches keyed by the scale tensor (e.g. of its reciprocal) hit across calls.
+    A tensor that already is one (fp32, ``shape``, same device, dense, no grad) is returned
+    itself, so that caches keyed by the scale tensor (e.g. of its reciprocal) hit across
+    calls. ``check_values``: the values must be positive normal fp32 numbers (always for
+    Python numbers, for CPU tensors only; see :mod:`._validate`).
     """
     if (
         scale.__class__ is torch.Tensor
         and scale.dtype is torch.float32
         and scale.shape == shape
         and scale.device == like.device
+        and scale.layout is torch.strided
+        and not scale.requires_grad
     ):
+        if check_values:
+            _v.check_scale_values(scale, what)
         return scale
     if scale is None:
         return torch.ones(shape, dtype=torch.float32, device=like.device)
     if isinstance(scale, bool) or not isinstance(scale, (int, float, torch.Tensor)):
         raise Fp8TypeError(f"{what} must be a float or a tensor, got {type(scale).__name__}")
     if not isinstance(scale, torch.Tensor):
+        if check_values:
+            scale = _v.check_scale_number(scale, what)
+        elif isinstance(scale, int) and abs(scale) > _v.MAX_SCALE:
+            raise Fp8ValueError(f"{what} must fit in fp32, got {scale!r}")
+        else:  # an unchecked value (amax): fp32 rounds beyond its range to inf, as a cast does
+            value = torch.tensor(float(scale), dtype=torch.float64).to(torch.float32)
+            return value.expand(shape).to(like.device, copy=True)
         return torch.full(shape, float(scale), dtype=torch.float32, device=like.device)
+    scale = _check_tensor(scale, what)
     if not scale.is_floating_point():
         raise Fp8TypeError(f"{what} must be a floating-point tensor, got {scale.dtype}")
     if scale.device != like.device:
         raise Fp8ValueError(f"{what} is on {scale.device} but the input is on {like.device}")
     if tuple(scale.shape) != shape and not (shape == () and scale.numel() == 1):
         raise Fp8ValueError(f"{what} must have shape {shape}, got {tuple(scale.shape)}")
-    return scale.to(torch.float32).reshape(shape)
+    scale = scale.to(torch.float32).reshape(shape)
+    if check_values:
+        _v.check_scale_values(scale, what)
+    return scale
 
 
 def _rand_bits(
@@ -138,8 +162,9 @@ def _rand_bits(
     rand_bits: torch.Tensor | None,
     generator: torch.Generator | None,
 ) -> torch.Tensor | None:
-    if rounding not in _ROUNDINGS:
+    if rounding.__class__ is not str or rounding not in _ROUNDINGS:
         raise Fp8ValueError(f"rounding must be one of {_ROUNDINGS}, got {rounding!r}")
+    generator = _v.check_generator(generator, x)
     if rounding == "nearest":
         if rand_bits is not None or generator is not None:
             raise Fp8ValueError("rand_bits and generator need rounding='stochastic'")
@@ -211,6 +236,7 @@ def cast_to_fp8(
     """
     x = _check_high_precision(x)
     fmt = _format(format)
+    _v.check_bool(saturate, "saturate")
     s = _scale_tensor(scale, x, (), "scale")
     bits = _rand_bits(x, rounding, rand_bits, generator)
     chosen, device = _backend_for(backend, x)
@@ -241,8 +267,7 @@ def cast_from_fp8(
         fmt = _format(format)
         if q.dtype not in (torch.uint8, fmt.torch_dtype):
             raise Fp8TypeError(f"q has dtype {q.dtype}, which does not store {fmt.name}")
-    if out_dtype not in _HIGH_PRECISION:
-        raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    _v.check_out_dtype(out_dtype)
     s = _scale_tensor(scale, q, (), "scale")
     chosen, device = _backend_for(backend, q)
     _check_decode_support(chosen, device, fmt)
@@ -273,6 +298,9 @@ def quantize(
     x = _check_high_precision(x)
     fmt = _element_format(format)
     gran = get_granularity(granularity)
+    check_margin(margin, fmt)
+    _v.check_bool(power_of_two, "power_of_two")
+    _v.check_bool(saturate, "saturate")
     if x.dim() == 0 and not gran.is_tensorwise:
         raise Fp8ValueError(f"granularity {gran.name} needs a tensor of at least 1 dimension")
     bits = _rand_bits(x, rounding, rand_bits, generator)
@@ -328,13 +356,16 @@ def quantize_transpose(
     if x.dim() != 2:
         raise Fp8ValueError(f"quantize_transpose takes a 2-D tensor, got shape {tuple(x.shape)}")
     fmt = _element_format(format)
+    check_margin(margin, fmt)
+    _v.check_bool(power_of_two, "power_of_two")
+    _v.check_bool(saturate, "saturate")
     chosen, device = _backend_for(backend, x)
     _check_cast_support(chosen, device, fmt, saturate, "nearest")
     s = None if scale is None else _scale_tensor(scale, x, (), "scale")
     if amax is not None:
         if s is not None:
             raise Fp8ValueError("give scale or amax, not both")
-        amax = _scale_tensor(amax, x, (), "amax")
+        amax = _scale_tensor(amax, x, (), "amax", check_values=False)
     return chosen.quantize_transpose(
         x, fmt, s, amax, margin=margin, power_of_two=power_of_two, saturate=bool(saturate)
     )
@@ -344,10 +375,8 @@ def dequantize(
     t: Fp8Tensor, out_dtype: torch.dtype = torch.float32, *, backend: str | None = None
 ) -> torch.Tensor:
     """The high-precision value of ``t``: ``out_dtype(fp32(t.data) * fp32(1 / t.scale))``."""
-    if not isinstance(t, Fp8Tensor):
-        raise Fp8TypeError(f"dequantize takes an Fp8Tensor, got {type(t).__name__}")
-    if out_dtype not in _HIGH_PRECISION:
-        raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    t = _v.check_fp8_tensor(t, "t")
+    _v.check_out_dtype(out_dtype)
     chosen, device = _backend_for(backend, t.data)
     _check_decode_support(chosen, device, t.format)
     return chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, out_dtype)
@@ -375,27 +404,22 @@ def scaled_mm(
     (on Hopper: about 14 bits, never promoted to fp32; faster, less accurate for large K).
     A backend that declares none runs its ``accumulator``, which is at least as accurate.
     """
-    if not (
-        a.__class__ is Fp8Tensor
-        and b.__class__ is Fp8Tensor
-        and a.data.dim() == 2
-        and b.data.dim() == 2
-    ):
-        _check_operands(a, b)
+    _check_operands(a, b)
+    a, b = _v.check_fp8_tensor(a, "a"), _v.check_fp8_tensor(b, "b")
     (m, k), (k2, n) = a.data.shape, b.data.shape
     if k != k2:
         raise Fp8ValueError(f"inner dimensions differ: a is {m}x{k}, b is {k2}x{n}")
-    if out_dtype not in _HIGH_PRECISION:
-        raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
+    _v.check_out_dtype(out_dtype)
+    _v.check_bool(fast_accum, "fast_accum")
     if bias is None and c is None:
         device = _device_type(a.data)
         if _device_type(b.data) != device:
             _backend_for(backend, a.data, b.data)  # raises the error for mixed devices
-        chosen = select_backend(backend, device)
+        chosen = select_backend(_v.check_backend_name(backend), device)
     else:
         extra = []
         if bias is not None:
-            bias = _check_tensor(bias, "bias")
+            bias = _check_tensor(bias, "bias")  # detached: the result carries no grad
             if not bias.is_floating_point() or tuple(bias.shape) != (n,):
                 raise Fp8ValueError(
                     f"bias must be a floating tensor of shape ({n},), got "

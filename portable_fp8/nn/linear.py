@@ -129,7 +129,7 @@ def _tensor_scale(
                                   choices=r.scale_choices)  # fmt: skip
         # Empty history (first step): scale from the current amax instead of the initial 1.
         scale = torch.where(hist.amax() > 0, scales[role], current)
-        if cfg.update_state:
+        if cfg.update_state and x.numel() > 0:  # an empty batch says nothing about the range
             hist.copy_(torch.cat([amax.reshape(1), hist[:-1]]))
             ref = hist.amax() if r.amax_compute == "max" else hist[0]
             scales[role] = scale_from_amax(ref, f, margin=r.margin, power_of_two=r.power_of_two,
@@ -189,7 +189,9 @@ class _Fp8LinearFn(torch.autograd.Function):
         ctx.cfg, ctx.history, ctx.scales = cfg, history, scales
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
         ctx.b_dtype = bias.dtype if bias is not None else None
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        # Not a view (``reshape`` would make one): an in-place op on a view returned by an
+        # autograd Function drops hooks on its output, e.g. FSDP2's pre-backward hook.
+        return torch.ops.aten._unsafe_view(out, (*x.shape[:-1], out.shape[-1]))
 
     @staticmethod
     def backward(ctx, dy):

@@ -45,7 +45,7 @@ import torch
 from ..errors import Fp8TypeError, Fp8ValueError
 from ..numerics.formats import get_format
 from ..numerics.granularity import Granularity, get_granularity
-from ..numerics.scaling import GAUDI2_HW_ALIGNED_SCALES
+from ..numerics.scaling import GAUDI2_HW_ALIGNED_SCALES, check_margin
 
 __all__ = [
     "GemmSpec",
@@ -91,9 +91,11 @@ class GemmSpec:
 class Recipe:
     """Common fields of every recipe (use one of the subclasses).
 
-    ``margin``: scales map amax to ``max / 2**margin``. ``power_of_two``: scales rounded down
-    to powers of two. ``scale_choices``: scales rounded down to the largest allowed value
-    (tensorwise recipes only).
+    ``margin``: scales map amax to ``max / 2**margin``; an ``int`` in
+    ``[0, max_margin(f)]`` for every format ``f`` the recipe casts to (6 for E4M3FN, 5 for
+    the 240-range E4M3s, 13 for E5M2; see :func:`portable_fp8.numerics.scaling.check_margin`).
+    ``power_of_two``: a ``bool``; scales rounded down to powers of two. ``scale_choices``:
+    scales rounded down to the largest allowed value (tensorwise recipes only).
     """
 
     forward: GemmSpec = GemmSpec("e4m3fn", "e4m3fn")
@@ -126,6 +128,11 @@ class Recipe:
         }
 
     def _validate(self) -> None:
+        for spec in self.gemms().values():
+            for name in (spec.a_format, spec.b_format):
+                check_margin(self.margin, get_format(name))
+        if self.power_of_two.__class__ is not bool:
+            raise Fp8TypeError(f"power_of_two must be a bool, got {self.power_of_two!r}")
         if self.scale_choices is not None:
             if not self.tensorwise:
                 raise Fp8ValueError("scale_choices needs a tensorwise recipe")
@@ -173,7 +180,10 @@ class DelayedScaling(Recipe):
     ``history_len`` amaxes and the scale in buffers. A step casts with the stored scale,
     then records the tensor's amax and recomputes the scale from the history's maximum
     (``amax_compute="max"``) or its newest entry (``"most_recent"``). While the history is
-    empty (first step), the scale comes from the current amax.
+    empty (first step), the scale comes from the current amax. An empty batch (a tensor
+    with no elements, e.g. a rank with no tokens) leaves the history and the scale as they
+    are: its amax of 0 says nothing about the range, and recording it would make the next
+    step quantise with a scale from an empty window (``most_recent``: scale 1).
     """
 
     history_len: int = 16

@@ -10,14 +10,26 @@ The scale that maps ``amax`` onto a format's range is ``s = max / (amax * 2**mar
 zero, inf or NaN amax -> ``1.0`` (all-zero tensors quantise to zero; inf and NaN propagate
 through the cast as the contract says); a scale that would overflow fp32 (subnormal amax)
 is clamped to the largest finite fp32 power of two, ``2**127``.
+
+The margin is an ``int`` with ``0 <= margin <= max_margin(fmt)``, where
+``max_margin(fmt) = floor(log2(fmt.max)) - 2`` (e4m3fn 6, e5m2 and e5m2fnuz 13, e4m3fnuz
+and e4m3_gaudi2 5). Derivation: the smallest scale comes from the largest finite fp32
+amax, ``A = (2 - 2**-23) * 2**127 < 2**128``. With ``fmt.max = 2**e * (1 + f)``,
+``e = floor(log2(fmt.max))``, ``fmt.max / A > 2**(e - 128)`` (and its fp32 rounding is
+still ``>= 2**(e - 128)``, a normal number), so dividing by ``2**margin`` with
+``margin <= e - 2`` leaves a scale ``>= 2**-126``: a positive *normal* fp32 for every
+amax, whose reciprocal is finite. One more and the scale of a large amax is subnormal
+(its reciprocal overflows); negative margins would map amax beyond the format's range.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
+from ..errors import Fp8TypeError, Fp8ValueError
 from .formats import Format
 
 __all__ = [
@@ -27,6 +39,8 @@ __all__ = [
     "round_scale_to_choices",
     "mx_scale_from_amax",
     "reciprocal",
+    "max_margin",
+    "check_margin",
 ]
 
 #: Quantisation scales Gaudi2's E4M3 path applies without extra work: 2**(bias - 7) for the
@@ -42,6 +56,25 @@ def reciprocal(scale: torch.Tensor) -> torch.Tensor:
     return torch.reciprocal(scale.to(torch.float32))
 
 
+def max_margin(fmt: Format) -> int:
+    """The largest margin that keeps every scale of ``fmt`` a positive normal fp32 number:
+    ``floor(log2(fmt.max)) - 2`` (derivation in the module docstring)."""
+    return math.frexp(fmt.max)[1] - 1 - 2
+
+
+def check_margin(margin: object, fmt: Format, what: str = "margin") -> int:
+    """``margin`` if it is an ``int`` (not a bool) in ``[0, max_margin(fmt)]``."""
+    if margin.__class__ is not int:
+        raise Fp8TypeError(f"{what} must be an int, got {type(margin).__name__} {margin!r}")
+    top = max_margin(fmt)
+    if not 0 <= margin <= top:  # type: ignore[operator]
+        raise Fp8ValueError(
+            f"{what} must be in [0, {top}] for {fmt.name} (larger margins make the scale of a "
+            f"large amax subnormal or zero), got {margin}"
+        )
+    return margin  # type: ignore[return-value]
+
+
 def scale_from_amax(
     amax: torch.Tensor,
     fmt: Format,
@@ -53,8 +86,10 @@ def scale_from_amax(
     """Quantisation scale that maps ``amax`` to ``fmt.max / 2**margin`` (elementwise, fp32).
 
     ``power_of_two`` rounds the scale down to a power of two; ``choices`` rounds it down to
-    the largest allowed value (the smallest one where none is small enough).
+    the largest allowed value (the smallest one where none is small enough). ``margin``:
+    see :func:`check_margin` (Fp8TypeError / Fp8ValueError outside its range).
     """
+    check_margin(margin, fmt)
     amax = amax.to(torch.float32)
     degenerate = (amax == 0) | ~torch.isfinite(amax)
     safe = torch.where(degenerate, 1.0, amax)
