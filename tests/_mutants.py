@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from portable_fp8.backends.cpu import CpuBackend
+from portable_fp8.backends.nvidia import HOPPER_FAST_ACCUMULATOR
 from portable_fp8.backends.reference import ReferenceBackend
 
 from portable_fp8.dispatch.backend import CastTranspose
@@ -25,11 +26,7 @@ from portable_fp8.numerics.cast import (
     scaled_fp32,
 )
 from portable_fp8.numerics.formats import Format
-from portable_fp8.numerics.gemm import (
-    FP32_ACCUMULATOR,
-    HOPPER_FAST_ACCUMULATOR,
-    AccumulatorModel,
-)
+from portable_fp8.numerics.gemm import FP32_ACCUMULATOR, AccumulatorModel
 from portable_fp8.numerics.granularity import GRANULARITIES, TENSORWISE
 from portable_fp8.numerics.scaling import scale_from_amax
 from portable_fp8.numerics.tensor import Fp8Tensor
