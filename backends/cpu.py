@@ -35,6 +35,7 @@ from portable_fp8.numerics.cast import as_fp8_tensor, codes_of, round_to_codes
 from portable_fp8.numerics.formats import FORMATS, Format, element_formats
 from portable_fp8.numerics.gemm import FP32_ACCUMULATOR
 from portable_fp8.numerics.granularity import GRANULARITIES, Granularity
+from portable_fp8.numerics.scaling import reciprocal
 from portable_fp8.numerics.tensor import Fp8Tensor
 
 __all__ = ["CpuBackend", "probe_scaled_mm", "portable_fp8_backends"]
@@ -99,7 +100,7 @@ class _Ipex:
         s = scale.reshape(1)
         amax = torch.zeros(1, dtype=torch.float32)  # the op records amax there; unused
         otype = self.otype[fmt.name]
-        return torch.ops.torch_ipex.cast_to_fp8(x, s, amax, torch.reciprocal(s), 0, otype)
+        return torch.ops.torch_ipex.cast_to_fp8(x, s, amax, reciprocal(s), 0, otype)
 
     def cast_from(self, q, fmt: Format, scale_inv: torch.Tensor, out_dtype) -> torch.Tensor:
         otype = self.otype[fmt.name]
@@ -220,7 +221,8 @@ class CpuBackend(Backend):
 
     # -- GEMM --------------------------------------------------------------------------------
 
-    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c):
+    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c, fast_accum=False):
+        # No fast accumulator declared: fast_accum is ignored (fp32 is at least as accurate).
         native = (
             a.format.name in _SCALED_MM_FORMATS
             and b.format.name in _SCALED_MM_FORMATS

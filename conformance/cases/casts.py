@@ -19,6 +19,7 @@ from portable_fp8.backends.reference import ReferenceBackend
 from portable_fp8.numerics.cast import codes_of
 from portable_fp8.numerics.formats import FORMATS, Format
 from portable_fp8.numerics.granularity import GRANULARITIES, TENSORWISE, Granularity
+from portable_fp8.numerics.scaling import reciprocal
 
 from .. import data
 from ..model import Case, CaseResult, Env, Verdict
@@ -133,7 +134,7 @@ def cast_cases(env: Env) -> list[Case]:
 def _run_dequant(env: Env, fmt: Format, scale: float, out_dtype: torch.dtype) -> CaseResult:
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
     q = codes if fmt.torch_dtype == torch.uint8 else codes.view(fmt.torch_dtype)
-    s_inv = torch.reciprocal(torch.tensor(scale, dtype=torch.float32))
+    s_inv = reciprocal(torch.tensor(scale, dtype=torch.float32))
     want = _REF.cast_from_fp8(q, fmt, s_inv, TENSORWISE, out_dtype)
     got = env.backend.cast_from_fp8(
         env.to_device(q), fmt, env.to_device(s_inv), TENSORWISE, out_dtype

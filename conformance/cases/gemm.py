@@ -64,8 +64,9 @@ class GemmSpec:
     bias: bool = False
     c: bool = False
     data: str = "randn"
-    #: Asked for with fast_accum=True, which the op layer passes on only to a backend that
-    #: declares a fast accumulator (judged by it); any other runs (and is judged by) its own.
+    #: Asked for with fast_accum=True, which the op layer passes on as True only to a backend
+    #: that declares a fast accumulator (judged by it); any other runs (and is judged by) its
+    #: own.
     fast_accum: bool = False
 
     @property
@@ -192,7 +193,7 @@ def _on_device(env: Env, q: Fp8Tensor, transposed: bool) -> Fp8Tensor:
 
 def _dequant64(q: Fp8Tensor) -> torch.Tensor:
     values = codes_to_float(codes_of(q.data), q.format).double()
-    ra = q.granularity.expand(torch.reciprocal(q.scale.float()).double(), as_2d_shape(q.shape))
+    ra = q.granularity.expand(q.scale_inv.double(), as_2d_shape(q.shape))
     return values * ra
 
 
@@ -213,7 +214,7 @@ def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
         out_dtype=spec.out,
         bias=None if bias is None else env.to_device(bias),
         c=None if c is None else env.to_device(c),
-        **({"fast_accum": True} if fast else {}),
+        fast_accum=fast,
     )
     got = got.cpu()
     if tuple(got.shape) != (spec.m, spec.n) or got.dtype != spec.out:

@@ -45,6 +45,9 @@ class Capabilities:
     ``fast_accum=True`` (None: it has no faster mode and runs ``accumulator`` for those too);
     the suite judges such GEMMs with that model's bound.
     ``gemm_dim_multiple`` is the multiple that K and N must be (1: any).
+    ``global_scale``: the backend honours an :class:`Fp8Tensor`'s second scale level
+    (``global_scale``) in dequantisation and GEMMs; the op layer refuses such tensors
+    (NotSupportedError) for every other backend.
     """
 
     devices: frozenset[str]
@@ -60,6 +63,7 @@ class Capabilities:
     gemm_bias: bool = True
     gemm_accumulate: bool = True
     gemm_dim_multiple: int = 1
+    global_scale: bool = False
     notes: tuple[str, ...] = field(default=())
 
     def runs_fast_accumulator(self, fast_accum: bool) -> bool:
@@ -84,6 +88,7 @@ class Capabilities:
             "gemm_bias": self.gemm_bias,
             "gemm_accumulate": self.gemm_accumulate,
             "gemm_dim_multiple": self.gemm_dim_multiple,
+            "global_scale": self.global_scale,
             "notes": list(self.notes),
         }
 
@@ -208,12 +213,16 @@ class Backend:
         out_dtype: torch.dtype,
         bias: torch.Tensor | None,
         c: torch.Tensor | None,
+        fast_accum: bool = False,
     ) -> torch.Tensor:
         """``out_dtype((a) @ (b) + bias + c)`` of the dequantised operands (a: MxK, b: KxN).
 
-        A backend that declares ``capabilities.fast_accumulator`` also takes the keyword
-        ``fast_accum: bool`` (True: accumulate with that model); the op layer passes it to no
-        other backend.
+        ``fast_accum=True``: accumulate with the declared ``capabilities.fast_accumulator``.
+        The op layer passes True only where one is declared
+        (:meth:`Capabilities.runs_fast_accumulator`); a backend without a fast accumulator
+        accepts the keyword and ignores it, which is allowed because its ``accumulator`` is
+        at least as accurate. Operands carry their reciprocals (``scale_inv``); use those
+        rather than computing new ones.
         """
         raise NotImplementedError
 

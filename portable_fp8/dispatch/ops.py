@@ -135,8 +135,8 @@ def _scale_tensor(
 ) -> torch.Tensor:
     """The scale as an fp32 tensor of ``shape`` on ``like``'s device (None -> 1.0).
 
-    A tensor that already is one (fp32, ``shape``, same device) is returned itself, so that
-    caches keyed by the scale tensor (e.g. of its reciprocal) hit across calls.
+    A tensor that already is one (fp32, ``shape``, same device) is returned itself (no copy
+    launched).
     """
     if (
         scale.__class__ is torch.Tensor
@@ -402,14 +402,23 @@ def quantize_transpose(
 def dequantize(
     t: Fp8Tensor, out_dtype: torch.dtype = torch.float32, *, backend: str | None = None
 ) -> torch.Tensor:
-    """The high-precision value of ``t``: ``out_dtype(fp32(t.data) * fp32(1 / t.scale))``."""
+    """The high-precision value of ``t``: ``out_dtype(fp32(t.data) * t.scale_inv)``.
+
+    With a second scale level: ``out_dtype(fp32(fp32(t.data) * t.scale_inv) *
+    t.global_scale_inv)``, on backends that declare ``capabilities.global_scale`` (others
+    raise NotSupportedError).
+    """
     if not isinstance(t, Fp8Tensor):
         raise Fp8TypeError(f"dequantize takes an Fp8Tensor, got {type(t).__name__}")
     if out_dtype not in _HIGH_PRECISION:
         raise Fp8TypeError(f"out_dtype must be float32, bfloat16 or float16, got {out_dtype}")
     chosen, device = _backend_for(backend, t.data)
     _check_decode_support(chosen, device, t.format)
-    return chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, out_dtype)
+    if t.global_scale is None:
+        return chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, out_dtype)
+    _require(chosen, chosen.capabilities.global_scale, "two-level (global) scales")
+    blocks = chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, torch.float32)
+    return (blocks * t.global_scale_inv).to(out_dtype)
 
 
 def scaled_mm(
@@ -488,9 +497,10 @@ def scaled_mm(
         raise Fp8ValueError(
             f"backend {chosen.name!r} needs K and N to be multiples of {mult}; got K={k}, N={n}"
         )
-    if fast_accum and chosen.capabilities.runs_fast_accumulator(True):  # no call when False
-        return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=True)
-    return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
+    if a.global_scale is not None or b.global_scale is not None:
+        _require(chosen, chosen.capabilities.global_scale, "two-level (global) scales")
+    fast = chosen.capabilities.runs_fast_accumulator(fast_accum)
+    return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast)
 
 
 def _check_operands(a: object, b: object) -> None:
