@@ -196,7 +196,7 @@ class CpuBackend(Backend):
             return self._ipex.cast_to(x, fmt, scale)
         y = x.to(torch.float32) * granularity.per_element(scale, x.shape)
         dtype = fmt.torch_dtype
-        if rand_bits is not None or fmt.is_scale_format or dtype == torch.uint8:
+        if rand_bits is not None or fmt.exponent_only or dtype == torch.uint8:
             codes = round_to_codes(y, fmt, saturate=saturate, rand_bits=rand_bits)
             return as_fp8_tensor(codes, fmt)
         codes = y.to(dtype).view(torch.uint8)
@@ -215,7 +215,7 @@ class CpuBackend(Backend):
 
     @staticmethod
     def _decode(q: torch.Tensor, fmt: Format) -> torch.Tensor:
-        if q.dtype == torch.uint8 or fmt.is_scale_format:
+        if q.dtype == torch.uint8 or fmt.exponent_only:
             return fmt.code_values.to(torch.float32)[codes_of(q).to(torch.int64)]
         return q.to(torch.float32)
 

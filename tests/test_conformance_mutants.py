@@ -65,10 +65,10 @@ class FlushSubnormals(ReferenceBackend):
 
     def cast_to_fp8(self, x, fmt: Format, scale, granularity, *, saturate, rand_bits):
         q = super().cast_to_fp8(x, fmt, scale, granularity, saturate=saturate, rand_bits=rand_bits)
-        if fmt.is_scale_format:
+        if fmt.exponent_only:
             return q
         codes = codes_of(q).clone()
-        magnitude = codes & 0x7F
+        magnitude = codes & fmt.magnitude_mask
         sub = (magnitude != 0) & (magnitude < (1 << fmt.mantissa_bits))
         zero = codes & 0x80 if fmt.has_negative_zero else torch.zeros_like(codes)
         return as_fp8_tensor(torch.where(sub, zero, codes), fmt)

@@ -73,6 +73,7 @@ def fmt_constants(fmt: Format, saturate: bool) -> dict:
         "OVF_CODE": overflow,
         "INF_CODE": inf,
         "NEG_ZERO": fmt.has_negative_zero,
+        "SIGN_BIT": fmt.sign_bit,
         "HW": hw,
         "OVF_BITS": boundary,
         "OVF_AT_TIE": bool(fmt.max_code & 1),

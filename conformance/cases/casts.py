@@ -132,7 +132,7 @@ def cast_cases(env: Env) -> list[Case]:
 
 
 def _run_dequant(env: Env, fmt: Format, scale: float, out_dtype: torch.dtype) -> CaseResult:
-    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    codes = torch.arange(fmt.code_count, dtype=torch.int32).to(torch.uint8)
     q = codes if fmt.torch_dtype == torch.uint8 else codes.view(fmt.torch_dtype)
     s_inv = reciprocal(torch.tensor(scale, dtype=torch.float32))
     want = _REF.cast_from_fp8(q, fmt, s_inv, TENSORWISE, out_dtype)
@@ -146,7 +146,7 @@ def _run_dequant(env: Env, fmt: Format, scale: float, out_dtype: torch.dtype) ->
     bad &= ~(torch.isnan(fmt.code_values) & ~torch.isnan(unlimited))
     n_bad = int(bad.sum())
     if n_bad == 0:
-        return CaseResult(Verdict.PASSED, 0, 0, detail="256 codes bit-identical")
+        return CaseResult(Verdict.PASSED, 0, 0, detail=f"{fmt.code_count} codes bit-identical")
     idx = bad.nonzero().reshape(-1)[:_SHOW].tolist()
     lines = [f"0x{i:02x} -> got {float(got[i])!r} want {float(want[i])!r}" for i in idx]
     od = str(out_dtype).removeprefix("torch.")
@@ -166,7 +166,7 @@ def _run_dequant(env: Env, fmt: Format, scale: float, out_dtype: torch.dtype) ->
 
 
 def dequant_cases(env: Env) -> list[Case]:
-    """All 256 codes of every declared format, dequantised into every float dtype."""
+    """Every code of every declared format, dequantised into every float dtype."""
     caps = env.backend.capabilities
     scales = _SCALES_FULL if env.full else _SCALES_QUICK
     cases = []
@@ -179,7 +179,7 @@ def dequant_cases(env: Env) -> list[Case]:
                     Case(
                         id=f"dequant/{fmt.name}/all-codes/scale={_scale_id(scale)}/out={od}",
                         kind="dequant",
-                        description=f"all 256 codes; scale {scale!r}; out {od}",
+                        description=f"all {fmt.code_count} codes; scale {scale!r}; out {od}",
                         run=partial(_run_dequant, fmt=fmt, scale=scale, out_dtype=out),
                         unsupported=reason,
                     )

@@ -178,7 +178,7 @@ def _operand(spec: GemmSpec, which: str, g: torch.Generator) -> Fp8Tensor:
             flat[flat.numel() // 3] = fmt.nan_code
         else:
             flat[flat.numel() // 3] = fmt.inf_code
-            flat[flat.numel() // 2] = fmt.inf_code | 0x80
+            flat[flat.numel() // 2] = fmt.inf_code | fmt.sign_bit
     return q.t() if transposed else q
 
 

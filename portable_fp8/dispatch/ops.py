@@ -125,8 +125,8 @@ def _format(spec: FormatLike) -> Format:
 
 def _element_format(spec: FormatLike) -> Format:
     fmt = _format(spec)
-    if fmt.is_scale_format:
-        raise Fp8ValueError(f"{fmt.name} is a block-scale format, not an element format")
+    if not fmt.element:
+        raise Fp8ValueError(f"{fmt.name} is a block-scale format only, not an element format")
     return fmt
 
 
