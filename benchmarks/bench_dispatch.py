@@ -83,7 +83,7 @@ class _StandIn(Backend):
     def quantize_transpose(self, x, fmt, scale, amax, *, margin, power_of_two, saturate):
         return self._ct
 
-    def scaled_mm(self, a, b, *, out_dtype, bias, c):
+    def scaled_mm(self, a, b, *, out_dtype, bias, c, fast_accum=False):
         return self._out
 
 
