@@ -35,6 +35,7 @@ from portable_fp8.numerics.cast import as_fp8_tensor, codes_of, round_to_codes
 from portable_fp8.numerics.formats import FORMATS, Format, element_formats
 from portable_fp8.numerics.gemm import FP32_ACCUMULATOR
 from portable_fp8.numerics.granularity import GRANULARITIES, Granularity
+from portable_fp8.numerics.scaling import reciprocal
 from portable_fp8.numerics.tensor import Fp8Tensor
 
 __all__ = ["CpuBackend", "probe_scaled_mm", "portable_fp8_backends"]
@@ -99,7 +100,7 @@ class _Ipex:
         s = scale.reshape(1)
         amax = torch.zeros(1, dtype=torch.float32)  # the op records amax there; unused
         otype = self.otype[fmt.name]
-        return torch.ops.torch_ipex.cast_to_fp8(x, s, amax, torch.reciprocal(s), 0, otype)
+        return torch.ops.torch_ipex.cast_to_fp8(x, s, amax, reciprocal(s), 0, otype)
 
     def cast_from(self, q, fmt: Format, scale_inv: torch.Tensor, out_dtype) -> torch.Tensor:
         otype = self.otype[fmt.name]
@@ -195,7 +196,7 @@ class CpuBackend(Backend):
             return self._ipex.cast_to(x, fmt, scale)
         y = x.to(torch.float32) * granularity.per_element(scale, x.shape)
         dtype = fmt.torch_dtype
-        if rand_bits is not None or fmt.is_scale_format or dtype == torch.uint8:
+        if rand_bits is not None or fmt.exponent_only or dtype == torch.uint8:
             codes = round_to_codes(y, fmt, saturate=saturate, rand_bits=rand_bits)
             return as_fp8_tensor(codes, fmt)
         codes = y.to(dtype).view(torch.uint8)
@@ -214,13 +215,14 @@ class CpuBackend(Backend):
 
     @staticmethod
     def _decode(q: torch.Tensor, fmt: Format) -> torch.Tensor:
-        if q.dtype == torch.uint8 or fmt.is_scale_format:
+        if q.dtype == torch.uint8 or fmt.exponent_only:
             return fmt.code_values.to(torch.float32)[codes_of(q).to(torch.int64)]
         return q.to(torch.float32)
 
     # -- GEMM --------------------------------------------------------------------------------
 
-    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c):
+    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c, fast_accum=False):
+        # No fast accumulator declared: fast_accum is ignored (fp32 is at least as accurate).
         native = (
             a.format.name in _SCALED_MM_FORMATS
             and b.format.name in _SCALED_MM_FORMATS

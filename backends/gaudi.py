@@ -361,7 +361,8 @@ class GaudiBackend(Backend):
 
     # -- GEMM --------------------------------------------------------------------------------
 
-    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c):
+    def scaled_mm(self, a: Fp8Tensor, b: Fp8Tensor, *, out_dtype, bias, c, fast_accum=False):
+        # No fast accumulator declared: fast_accum is ignored (fp32 is at least as accurate).
         mat_a, trans_a = _operand(a.data)
         mat_b, trans_b = _operand(b.data)
         direct = out_dtype in _BRIDGE_OUT and bias is None and c is None

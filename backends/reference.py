@@ -47,6 +47,7 @@ class ReferenceBackend(Backend):
             granularities=frozenset(GRANULARITIES),
             accumulator=accumulator,
             fast_accumulator=fast_accumulator,
+            global_scale=True,
             notes=("the numerics contract executed on the CPU; exact-sum GEMM",),
         )
 
@@ -73,6 +74,8 @@ class ReferenceBackend(Backend):
             bias=bias,
             c=c,
             accumulator=self.fast_accumulator if fast_accum else self.accumulator,
+            a_global_scale=a.global_scale,
+            b_global_scale=b.global_scale,
         )
 
 

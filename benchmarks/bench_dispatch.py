@@ -83,7 +83,7 @@ class _StandIn(Backend):
     def quantize_transpose(self, x, fmt, scale, amax, *, margin, power_of_two, saturate):
         return self._ct
 
-    def scaled_mm(self, a, b, *, out_dtype, bias, c):
+    def scaled_mm(self, a, b, *, out_dtype, bias, c, fast_accum=False):
         return self._out
 
 
@@ -243,14 +243,13 @@ def _host_table(samples: dict[str, list[float]]) -> list[str]:
 def _cuda_overhead(reps: int, calls: int) -> str:
     """Host us per call through each layer, GPU busy: the GEMM (16x8192x8192) against raw
     torch._scaled_mm, and quantize_transpose (4096x4096 bf16) against the backend's method."""
-    from portable_fp8.backends.nvidia._casts import scale_inv_of
 
     from portable_fp8.nn import _custom_ops as cops
 
     cuda_be = fp8.get_backend("cuda")
     a = ops.quantize(torch.randn(16, 8192, device="cuda"), backend="cuda")
     b = ops.quantize(torch.randn(8192, 8192, device="cuda"), backend="cuda").t()
-    sa, sb = scale_inv_of(a), scale_inv_of(b)
+    sa, sb = a.scale_inv, b.scale_inv
     bf16 = torch.bfloat16
     gemms = {
         "raw torch._scaled_mm": lambda: torch._scaled_mm(
@@ -264,10 +263,12 @@ def _cuda_overhead(reps: int, calls: int) -> str:
         "custom op scaled_mm (FP8 Linear)": lambda: cops.scaled_mm(
             a.data,
             a.scale,
+            a.scale_inv,
             "e4m3fn",
             "tensorwise",
             b.data,
             b.scale,
+            b.scale_inv,
             "e4m3fn",
             "tensorwise",
             bf16,

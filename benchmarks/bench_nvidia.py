@@ -170,7 +170,6 @@ SWEEP_CONFIGS = [
 def sweep_triton_configs(rows: list[dict], m: int = 8192, k: int = 8192, n: int = 8192) -> None:
     """Triton GEMM TFLOP/s per tile configuration (to choose the fixed heuristics)."""
     from portable_fp8.backends.nvidia import _triton_gemm as tg
-    from portable_fp8.backends.nvidia._casts import scale_inv_of
 
     cases = (
         ("tensorwise", ("tensorwise", "tensorwise"), tg.TENSORWISE),
@@ -178,7 +177,7 @@ def sweep_triton_configs(rows: list[dict], m: int = 8192, k: int = 8192, n: int 
     )
     for name, pair, mode in cases:
         qa, qb = _operands(m, k, n, pair, "triton")
-        sa, sb = scale_inv_of(qa), scale_inv_of(qb)
+        sa, sb = qa.scale_inv, qb.scale_inv
         result = {}
         for cfg in SWEEP_CONFIGS:
             label = "{BLOCK_M}x{BLOCK_N}/w{num_warps}/s{num_stages}".format(**cfg)

@@ -40,7 +40,7 @@ def _code(fmt: Format, value: float) -> int:
     if value != value:
         return fmt.nan_code
     if math.isinf(value) and fmt.inf_code is not None:
-        return fmt.inf_code | (0x80 if value < 0 else 0)
+        return fmt.inf_code | (fmt.sign_bit if value < 0 else 0)
     hits = (fmt.code_values == value).nonzero()
     if hits.numel() == 0:
         raise Fp8ValueError(f"value {value!r} is not a {fmt.name} value")

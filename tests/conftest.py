@@ -157,7 +157,8 @@ def _no_backend_env_leak():
 @pytest.fixture
 def reference_gemm_calls(monkeypatch):
     """The registered reference backend's ``scaled_mm`` recording, per call, the
-    ``fast_accum`` keyword it was passed (``"not passed"`` when absent). Returns ``(backend,
+    ``fast_accum`` keyword it was passed (the op layer always passes it: a call without it
+    fails the test with a KeyError). Returns ``(backend,
     calls, declare)``; ``declare(model)`` makes the backend declare and emulate ``model`` as
     its fast accumulator for the rest of the test."""
     import dataclasses
@@ -169,7 +170,7 @@ def reference_gemm_calls(monkeypatch):
     original = backend.scaled_mm
 
     def recording(a, b, **kw):
-        calls.append(kw.get("fast_accum", "not passed"))
+        calls.append(kw["fast_accum"])
         return original(a, b, **kw)
 
     def declare(model) -> None:

@@ -114,7 +114,7 @@ def test_undeclared_features_are_not_supported_and_the_rest_runs():
 class _RaisesOnBias(ReferenceBackend):
     name = "raises-on-bias"
 
-    def scaled_mm(self, a, b, *, out_dtype, bias, c):
+    def scaled_mm(self, a, b, *, out_dtype, bias, c, fast_accum=False):
         if bias is not None:
             raise NotSupportedError(self.name, "bias")
         return super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)

@@ -14,15 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from portable_fp8.errors import Fp8ValueError, UnknownFormatError
+from portable_fp8.errors import Fp8ValueError, NotSupportedError, UnknownFormatError
+from portable_fp8.numerics.cast import round_to_codes
 from portable_fp8.numerics.formats import (
     E4M3_GAUDI2,
     E4M3FN,
+    E8M0FNU,
     FORMATS,
+    Format,
     NanEncoding,
     element_formats,
     get_format,
 )
+from portable_fp8.numerics.granularity import GRANULARITIES, Granularity
 
 ML_DTYPES_FORMATS = ["e4m3fn", "e5m2", "e4m3fnuz", "e5m2fnuz", "e8m0fnu"]
 
@@ -156,3 +160,74 @@ def test_unknown_format_dtype_and_type():
         get_format(torch.float16)
     with pytest.raises(UnknownFormatError, match="int"):
         get_format(3)
+
+
+# -- sub-byte formats and format-derived code constants --------------------------------------
+
+#: OCP MX E2M1 as test data only (no shipped format uses it yet): 4 bits, bias 1, no NaN
+#: and no inf, stored two codes per byte.
+_E2M1 = Format(
+    "e2m1_test",
+    2,
+    1,
+    1,
+    6.0,
+    NanEncoding.NONE,
+    bits=4,
+    packing="2x4",
+)
+
+
+def test_a_4_bit_format_without_nan_has_the_e2m1_code_table():
+    table = _E2M1.code_values
+    assert _E2M1.code_count == 16 and table.shape == (16,)
+    assert _E2M1.sign_bit == 0x8 and _E2M1.magnitude_mask == 0x7
+    positive = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]  # OCP MX v1.0, table 5
+    assert table[:8].tolist() == positive
+    assert table[8:].tolist() == [-v for v in positive]
+    assert torch.signbit(table[8])  # code 0x8 is -0
+    assert not table.isnan().any() and not table.isinf().any()
+    assert _E2M1.nan_code is None and _E2M1.inf_code is None and not _E2M1.has_nan
+    assert _E2M1.has_negative_zero and _E2M1.max_code == 0x7
+    assert _E2M1.torch_dtype == torch.uint8  # packed: stored as bytes
+    assert _E2M1.min_subnormal == 0.5 and _E2M1.min_normal == 1.0
+
+
+def test_casts_into_a_format_without_nan_are_refused_not_guessed():
+    with pytest.raises(NotSupportedError, match="e2m1_test"):
+        round_to_codes(torch.tensor([1.0, float("nan")]), _E2M1)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS.values()), ids=lambda f: f.name)
+def test_code_constants_derive_from_the_bit_width(fmt):
+    assert fmt.bits == 8 and fmt.packing == "byte" and fmt.code_count == 256
+    assert fmt.sign_bit == (0x80 if fmt.signed else 0)
+    nan = fmt.code_values.isnan()
+    assert nan[fmt.nan_code]
+    if fmt.inf_code is not None:
+        assert fmt.code_values[fmt.inf_code] == math.inf
+        assert fmt.code_values[fmt.inf_code | fmt.sign_bit] == -math.inf
+
+
+def test_element_and_scale_only_formats():
+    assert not E8M0FNU.element and E8M0FNU.is_scale_format
+    assert all(f.element for f in element_formats())
+    assert E8M0FNU not in element_formats()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"bits": 7}, r"bits=7 but sign \+ exponent \+ mantissa fields are 8"),
+     ({"packing": "3x3"}, r"packing '3x3'; known: byte, 2x4")],
+)  # fmt: skip
+def test_inconsistent_format_data_is_refused(kwargs, match):
+    with pytest.raises(Fp8ValueError, match=match):
+        Format("bad", 4, 3, 7, 448.0, NanEncoding.ALL_ONES, **kwargs)
+
+
+def test_a_granularity_may_store_its_scales_in_any_format():
+    assert GRANULARITIES["mx_1x32"].scale_format == "e8m0fnu"
+    g = Granularity("nv_1x16", 1, 16, scale_format="e4m3fn")  # E4M3 block scales
+    assert g.transposed().scale_format == "e4m3fn" and g.transposed().rows == 16
+    with pytest.raises(Fp8ValueError, match=r"unknown scale_format 'fp4'"):
+        Granularity("bad", 1, 16, scale_format="fp4")

@@ -647,7 +647,7 @@ def test_fast_accum_only_in_the_gemms_whose_spec_asks(reference_gemm_calls):
         layer = pn.Linear.from_linear(_pair(256, 128), recipe, backend="reference")
         x = torch.randn(16, 256, requires_grad=True)
         layer(x).sum().backward()
-        assert seen == [True, "not passed", "not passed"], recipe  # forward, dgrad, wgrad
+        assert seen == [True, False, False], recipe  # forward, dgrad, wgrad
     assert pn.gaudi2(pn.CurrentScaling(forward=fast_fwd)).forward.fast_accum
 
 

@@ -414,9 +414,9 @@ def test_fast_accum_reaches_only_a_backend_that_declares_a_fast_accumulator(refe
         return fp8.scaled_mm(qa, qb, out_dtype=torch.float32, backend="reference", **kw)
 
     exact = mm()
-    # No fast accumulator declared: the request is not passed on; the result is the default.
+    # No fast accumulator declared: the backend is passed False; the result is the default.
     assert torch.equal(mm(fast_accum=True), exact)
-    assert seen == ["not passed", "not passed"]
+    assert seen == [False, False]
 
     narrow = AccumulatorModel(4, "truncate", 1)  # 5 significant bits: visibly different
     declare(narrow)
@@ -427,7 +427,7 @@ def test_fast_accum_reaches_only_a_backend_that_declares_a_fast_accumulator(refe
         qb.granularity, out_dtype=torch.float32, accumulator=narrow,
     )  # fmt: skip
     assert torch.equal(fast, want) and not torch.equal(fast, exact)
-    assert torch.equal(mm(), exact) and seen[-1] == "not passed"  # default stays the default
+    assert torch.equal(mm(), exact) and seen[-1] is False  # default stays the default
 
 
 # -- the op API takes only what it documents (measured faults, one test each) -----------------

@@ -9,8 +9,11 @@ amax fused in when the scale is given), plus two extras the op layer does not ex
 pass) and seeded stochastic rounding (:meth:`~TritonCastsMixin.philox_words` gives the words it
 uses, so the result can be checked bit for bit).
 
-Scales computed here also record their reciprocal (:func:`remember_scale_inv`), so that the
-GEMM does not launch a ``torch.reciprocal`` per operand per call.
+Kernels that compute a scale also write its reciprocal ``fp32(1 / scale)`` (the contract's
+rule, :func:`portable_fp8.numerics.scaling.reciprocal`, correctly rounded in the kernel) into
+a tensor of its own, which the returned :class:`Fp8Tensor` carries as ``scale_inv``: the
+GEMM then launches no ``torch.reciprocal``, and cuBLASLt gets an aligned scale pointer (it
+rejects views into a shared buffer).
 """
 
 from __future__ import annotations
@@ -18,8 +21,6 @@ from __future__ import annotations
 import math
 import os
 import struct
-import weakref
-from collections import OrderedDict
 from functools import lru_cache
 
 import torch
@@ -27,13 +28,10 @@ import torch
 from portable_fp8.dispatch.backend import CastTranspose
 from portable_fp8.numerics.formats import Format, NanEncoding
 from portable_fp8.numerics.granularity import TENSORWISE, Granularity, as_2d_shape
-from portable_fp8.numerics.scaling import reciprocal
 from portable_fp8.numerics.tensor import Fp8Tensor
 
 __all__ = [
     "TritonCastsMixin",
-    "remember_scale_inv",
-    "scale_inv_of",
     "fmt_constants",
     "decode_table",
 ]
@@ -48,30 +46,6 @@ _FLAT_WARPS = 8
 _MAX_FUSED_MARGIN = 6
 #: (BLOCK_R, BLOCK_C, num_warps) of the cast + transpose kernel.
 _TRANSPOSE_TILE = (64, 64, 4)
-
-# -- reciprocal cache ---------------------------------------------------------------------------
-
-_SCALE_INV: OrderedDict[int, tuple[weakref.ref, int, torch.Tensor]] = OrderedDict()
-_SCALE_INV_SIZE = 512
-
-
-def remember_scale_inv(scale: torch.Tensor, scale_inv: torch.Tensor) -> None:
-    """Record ``scale_inv == fp32(1 / scale)`` (valid while ``scale`` is not modified)."""
-    _SCALE_INV[id(scale)] = (weakref.ref(scale), scale._version, scale_inv)
-    if len(_SCALE_INV) > _SCALE_INV_SIZE:
-        _SCALE_INV.popitem(last=False)
-
-
-def scale_inv_of(t: Fp8Tensor) -> torch.Tensor:
-    """``fp32(1 / t.scale)``: recorded when this backend made the scale, else computed."""
-    scale = t.scale
-    hit = _SCALE_INV.get(id(scale))
-    if hit is not None and hit[0]() is scale and hit[1] == scale._version:
-        return hit[2]
-    inv = reciprocal(scale)
-    remember_scale_inv(scale, inv)
-    return inv
-
 
 # -- format constants ---------------------------------------------------------------------------
 
@@ -99,6 +73,7 @@ def fmt_constants(fmt: Format, saturate: bool) -> dict:
         "OVF_CODE": overflow,
         "INF_CODE": inf,
         "NEG_ZERO": fmt.has_negative_zero,
+        "SIGN_BIT": fmt.sign_bit,
         "HW": hw,
         "OVF_BITS": boundary,
         "OVF_AT_TIE": bool(fmt.max_code & 1),
@@ -240,10 +215,10 @@ class TritonCastsMixin:
             x.stride(1),
             **consts,
         )
-        remember_scale_inv(scale, scale_inv)
         amax = amax_bits.view(torch.float32).reshape(())
-        q = Fp8Tensor(_view_fmt(out, fmt), scale, fmt, TENSORWISE)
-        return CastTranspose(q, Fp8Tensor(_view_fmt(out_t, fmt), scale, fmt, TENSORWISE), amax)
+        q = Fp8Tensor(_view_fmt(out, fmt), scale, fmt, TENSORWISE, scale_inv)
+        qt = Fp8Tensor(_view_fmt(out_t, fmt), scale, fmt, TENSORWISE, scale_inv)
+        return CastTranspose(q, qt, amax)
 
     def philox_words(self, shape: tuple[int, ...], seed: int, device) -> torch.Tensor:
         """The int32 words seeded stochastic rounding draws for a tensor of ``shape``."""
@@ -427,8 +402,7 @@ class TritonCastsMixin:
             margin=margin,
             power_of_two=power_of_two,
         )
-        remember_scale_inv(scale, scale_inv)
-        return Fp8Tensor(_view_fmt(codes, fmt), scale, fmt, TENSORWISE)
+        return Fp8Tensor(_view_fmt(codes, fmt), scale, fmt, TENSORWISE, scale_inv)
 
     def _quantize_blocks(self, x, fmt, granularity, block, margin, power_of_two, saturate):
         transpose, row_blocks, cols_per_program, block_r, block_c = block
@@ -464,8 +438,8 @@ class TritonCastsMixin:
             **fmt_constants(fmt, saturate),
             **_scale_constants(fmt, margin, power_of_two),
         )
-        remember_scale_inv(scale, scale_inv)
-        return Fp8Tensor(_view_fmt(out.reshape(x.shape), fmt), scale, fmt, granularity)
+        codes = _view_fmt(out.reshape(x.shape), fmt)
+        return Fp8Tensor(codes, scale, fmt, granularity, scale_inv)
 
 
 def _fused_block_layout(granularity: Granularity, x: torch.Tensor):

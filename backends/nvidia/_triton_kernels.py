@@ -72,6 +72,7 @@ def _encode(
     OVF_CODE: tl.constexpr,
     INF_CODE: tl.constexpr,
     NEG_ZERO: tl.constexpr,
+    SIGN_BIT: tl.constexpr,
     STOCHASTIC: tl.constexpr,
 ):
     """FP8 code (int32 in [0, 255]) of the fp32 tensor ``y``; ``r``: 32-bit random words.
@@ -108,9 +109,9 @@ def _encode(
     code = tl.where(a > 0x7F800000, NAN_CODE, code)
     negative = u < 0
     if NEG_ZERO:
-        code = tl.where(negative, code | 0x80, code)
-    else:  # FNUZ: no -0, and 0x80 is the NaN
-        code = tl.where(negative & (code != 0) & (code != NAN_CODE), code | 0x80, code)
+        code = tl.where(negative, code | SIGN_BIT, code)
+    else:  # FNUZ: no -0, and the sign bit alone is the NaN
+        code = tl.where(negative & (code != 0) & (code != NAN_CODE), code | SIGN_BIT, code)
     return code
 
 
@@ -125,6 +126,7 @@ def _encode_any(
     OVF_CODE: tl.constexpr,
     INF_CODE: tl.constexpr,
     NEG_ZERO: tl.constexpr,
+    SIGN_BIT: tl.constexpr,
     STOCHASTIC: tl.constexpr,
     HW: tl.constexpr,
     OVF_BITS: tl.constexpr,
@@ -152,10 +154,12 @@ def _encode_any(
                 over = (a >= OVF_BITS) & (a <= 0x7F800000)
             else:
                 over = (a > OVF_BITS) & (a <= 0x7F800000)
-            code = tl.where(over, OVF_CODE | (code & 0x80), code)
+            code = tl.where(over, OVF_CODE | (code & SIGN_BIT), code)
         return code
     else:
-        return _encode(y, r, M, EMIN, MAX_CODE, NAN_CODE, OVF_CODE, INF_CODE, NEG_ZERO, STOCHASTIC)
+        return _encode(
+            y, r, M, EMIN, MAX_CODE, NAN_CODE, OVF_CODE, INF_CODE, NEG_ZERO, SIGN_BIT, STOCHASTIC
+        )
 
 
 #: In the interpreter, widen bf16 by shifting its bits (see :func:`_to_f32`).
@@ -249,6 +253,7 @@ def cast_flat_kernel(
     OVF_CODE: tl.constexpr,
     INF_CODE: tl.constexpr,
     NEG_ZERO: tl.constexpr,
+    SIGN_BIT: tl.constexpr,
     HW: tl.constexpr,
     OVF_BITS: tl.constexpr,
     OVF_AT_TIE: tl.constexpr,
@@ -297,6 +302,7 @@ def cast_flat_kernel(
         OVF_CODE,
         INF_CODE,
         NEG_ZERO,
+        SIGN_BIT,
         RAND != 0,
         HW,
         OVF_BITS,
@@ -327,6 +333,7 @@ def cast_2d_kernel(
     OVF_CODE: tl.constexpr,
     INF_CODE: tl.constexpr,
     NEG_ZERO: tl.constexpr,
+    SIGN_BIT: tl.constexpr,
     HW: tl.constexpr,
     OVF_BITS: tl.constexpr,
     OVF_AT_TIE: tl.constexpr,
@@ -369,6 +376,7 @@ def cast_2d_kernel(
         OVF_CODE,
         INF_CODE,
         NEG_ZERO,
+        SIGN_BIT,
         RAND != 0,
         HW,
         OVF_BITS,
@@ -399,6 +407,7 @@ def cast_transpose_kernel(
     OVF_CODE: tl.constexpr,
     INF_CODE: tl.constexpr,
     NEG_ZERO: tl.constexpr,
+    SIGN_BIT: tl.constexpr,
     HW: tl.constexpr,
     OVF_BITS: tl.constexpr,
     OVF_AT_TIE: tl.constexpr,
@@ -444,6 +453,7 @@ def cast_transpose_kernel(
         OVF_CODE,
         INF_CODE,
         NEG_ZERO,
+        SIGN_BIT,
         False,
         HW,
         OVF_BITS,
@@ -465,6 +475,7 @@ def cast_transpose_kernel(
         OVF_CODE,
         INF_CODE,
         NEG_ZERO,
+        SIGN_BIT,
         False,
         HW,
         OVF_BITS,
@@ -496,6 +507,7 @@ def quantize_blocks_kernel(
     OVF_CODE: tl.constexpr,
     INF_CODE: tl.constexpr,
     NEG_ZERO: tl.constexpr,
+    SIGN_BIT: tl.constexpr,
     HW: tl.constexpr,
     OVF_BITS: tl.constexpr,
     OVF_AT_TIE: tl.constexpr,
@@ -556,6 +568,7 @@ def quantize_blocks_kernel(
             OVF_CODE,
             INF_CODE,
             NEG_ZERO,
+            SIGN_BIT,
             False,
             HW,
             OVF_BITS,

@@ -33,7 +33,6 @@ from portable_fp8.numerics.granularity import TENSORWISE
 from portable_fp8.numerics.tensor import Fp8Tensor
 
 from ._base import GEMM_MODES, NvidiaBackend
-from ._casts import scale_inv_of
 from ._facts import HOPPER_FAST_ACCUMULATOR
 
 __all__ = ["CudaBackend", "portable_fp8_backends"]
@@ -97,7 +96,7 @@ class CudaBackend(NvidiaBackend):
         fast_accum: bool = False,
     ) -> torch.Tensor:
         fast = fast_accum or self.fast_accum
-        sa, sb = scale_inv_of(a), scale_inv_of(b)
+        sa, sb = a.scale_inv, b.scale_inv  # fp32(1 / scale), each in its own allocation
         direct = bias is None and c is None
         if direct and a.granularity is TENSORWISE and b.granularity is TENSORWISE:
             qa, qb = a.data, b.data
@@ -214,8 +213,7 @@ class CudaBackend(NvidiaBackend):
             w, fmt, BLOCK_128x128, margin=0, power_of_two=False, saturate=True, rand_bits=None
         )
         b = bt.t()
-        b = Fp8Tensor(b.data, b.scale, b.format, BLOCK_128x128)
-        sa, sb = scale_inv_of(a), scale_inv_of(b)
+        sa, sb = a.scale_inv, b.scale_inv
         want = _triton_gemm.scaled_mm(
             a, b, sa, sb, _BLOCKWISE, out_dtype=torch.float32, bias=None, c=None
         )

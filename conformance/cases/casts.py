@@ -24,6 +24,7 @@ from portable_fp8.numerics.granularity import (
     Granularity,
     as_2d_shape,
 )
+from portable_fp8.numerics.scaling import reciprocal
 
 from .. import data
 from ..model import Case, CaseResult, Env, Verdict, not_declared
@@ -170,9 +171,9 @@ def _judged(bad: torch.Tensor, fmt: Format, q: torch.Tensor) -> torch.Tensor:
 
 
 def _run_dequant(env: Env, fmt: Format, scale: float, out_dtype: torch.dtype) -> CaseResult:
-    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    codes = torch.arange(fmt.code_count, dtype=torch.int32).to(torch.uint8)
     q = codes if fmt.torch_dtype == torch.uint8 else codes.view(fmt.torch_dtype)
-    s_inv = torch.reciprocal(torch.tensor(scale, dtype=torch.float32))
+    s_inv = reciprocal(torch.tensor(scale, dtype=torch.float32))
     want = _REF.cast_from_fp8(q, fmt, s_inv, TENSORWISE, out_dtype)
     got = env.backend.cast_from_fp8(
         env.to_device(q), fmt, env.to_device(s_inv), TENSORWISE, out_dtype
@@ -184,7 +185,7 @@ def _run_dequant(env: Env, fmt: Format, scale: float, out_dtype: torch.dtype) ->
     bad = _judged(data.float_mismatches(got, want), fmt, q)
     n_bad = int(bad.sum())
     if n_bad == 0:
-        return CaseResult(Verdict.PASSED, 0, 0, detail="256 codes bit-identical")
+        return CaseResult(Verdict.PASSED, 0, 0, detail=f"{fmt.code_count} codes bit-identical")
     idx = bad.nonzero().reshape(-1)[:_SHOW].tolist()
     lines = [f"0x{i:02x} -> got {float(got[i])!r} want {float(want[i])!r}" for i in idx]
     od = str(out_dtype).removeprefix("torch.")
@@ -204,7 +205,7 @@ def _run_dequant(env: Env, fmt: Format, scale: float, out_dtype: torch.dtype) ->
 
 
 def dequant_cases(env: Env) -> list[Case]:
-    """All 256 codes of every declared format, dequantised into every float dtype."""
+    """Every code of every declared format, dequantised into every float dtype."""
     caps = env.backend.capabilities
     scales = _SCALES_FULL if env.full else _SCALES_QUICK
     cases = []
@@ -217,7 +218,7 @@ def dequant_cases(env: Env) -> list[Case]:
                     Case(
                         id=f"dequant/{fmt.name}/all-codes/scale={_scale_id(scale)}/out={od}",
                         kind="dequant",
-                        description=f"all 256 codes; scale {scale!r}; out {od}",
+                        description=f"all {fmt.code_count} codes; scale {scale!r}; out {od}",
                         run=partial(_run_dequant, fmt=fmt, scale=scale, out_dtype=out),
                         unsupported=reason,
                     )

@@ -68,8 +68,9 @@ class GemmSpec:
     bias: bool = False
     c: bool = False
     data: str = "randn"
-    #: Asked for with fast_accum=True, which the op layer passes on only to a backend that
-    #: declares a fast accumulator (judged by it); any other runs (and is judged by) its own.
+    #: Asked for with fast_accum=True, which the op layer passes on as True only to a backend
+    #: that declares a fast accumulator (judged by it); any other runs (and is judged by) its
+    #: own.
     fast_accum: bool = False
 
     @property
@@ -174,7 +175,7 @@ def _operand(spec: GemmSpec, which: str, g: torch.Generator) -> Fp8Tensor:
             flat[flat.numel() // 3] = fmt.nan_code
         else:
             flat[flat.numel() // 3] = fmt.inf_code
-            flat[flat.numel() // 2] = fmt.inf_code | 0x80
+            flat[flat.numel() // 2] = fmt.inf_code | fmt.sign_bit
     return q.t() if transposed else q
 
 
@@ -206,7 +207,7 @@ def _on_device(env: Env, q: Fp8Tensor, transposed: bool) -> Fp8Tensor:
 
 def _dequant64(q: Fp8Tensor) -> torch.Tensor:
     values = codes_to_float(codes_of(q.data), q.format).double()
-    ra = q.granularity.expand(torch.reciprocal(q.scale.float()).double(), as_2d_shape(q.shape))
+    ra = q.granularity.expand(q.scale_inv.double(), as_2d_shape(q.shape))
     return values * ra
 
 
@@ -242,8 +243,9 @@ def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
     dev_b = _on_device(env, b, spec.layout[1] == "t")
     dev_bias = None if bias is None else env.to_device(bias)
     dev_c = None if c is None else env.to_device(c)
-    kw = {"fast_accum": True} if fast else {}
-    first = env.backend.scaled_mm(dev_a, dev_b, out_dtype=spec.out, bias=dev_bias, c=dev_c, **kw)
+    first = env.backend.scaled_mm(
+        dev_a, dev_b, out_dtype=spec.out, bias=dev_bias, c=dev_c, fast_accum=fast
+    )
     problem = data.result_problem(first, dtype=spec.out, shape=(spec.m, spec.n), device=env.device)
     if problem:
         return CaseResult(Verdict.FAILED, detail=problem)
@@ -252,7 +254,7 @@ def run_gemm(env: Env, spec: GemmSpec) -> CaseResult:
     # first result: results are independent tensors, not a reused buffer.
     if spec.m * spec.k * spec.n <= _SECOND_CALL_MAX:
         second = env.backend.scaled_mm(
-            _negated(dev_a), dev_b, out_dtype=spec.out, bias=dev_bias, c=dev_c, **kw
+            _negated(dev_a), dev_b, out_dtype=spec.out, bias=dev_bias, c=dev_c, fast_accum=fast
         )
         if not bool(data.float_mismatches(first, got).logical_not().all()):
             return CaseResult(

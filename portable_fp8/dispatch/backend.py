@@ -145,12 +145,16 @@ class Backend:
         out_dtype: torch.dtype,
         bias: torch.Tensor | None,
         c: torch.Tensor | None,
+        fast_accum: bool = False,
     ) -> torch.Tensor:
         """``out_dtype((a) @ (b) + bias + c)`` of the dequantised operands (a: MxK, b: KxN).
 
-        A backend that declares ``capabilities.fast_accumulator`` also takes the keyword
-        ``fast_accum: bool`` (True: accumulate with that model); the op layer passes it to no
-        other backend.
+        ``fast_accum=True``: accumulate with the declared ``capabilities.fast_accumulator``.
+        The op layer passes True only where one is declared
+        (:meth:`Capabilities.runs_fast_accumulator`); a backend without a fast accumulator
+        accepts the keyword and ignores it, which is allowed because its ``accumulator`` is
+        at least as accurate. Operands carry their reciprocals (``scale_inv``); use those
+        rather than computing new ones.
         """
         raise self._missing("scaled_mm")
 

@@ -57,6 +57,9 @@ class Capabilities:
     ``fast_accum=True`` (None: it has no faster mode and runs ``accumulator`` for those too);
     the suite judges such GEMMs with that model's bound.
     ``gemm_dim_multiple`` is the multiple that K and N must be (1: any).
+    ``global_scale``: the backend honours an :class:`Fp8Tensor`'s second scale level
+    (``global_scale``) in GEMMs; the op layer refuses such operands (NotSupportedError) for
+    every other backend.
     """
 
     devices: frozenset[str]
@@ -72,6 +75,7 @@ class Capabilities:
     gemm_bias: bool = True
     gemm_accumulate: bool = True
     gemm_dim_multiple: int = 1
+    global_scale: bool = False
     notes: tuple[str, ...] = field(default=())
     #: Remembered answers of the why_not_* methods (not part of the value).
     _answers: dict[tuple, str | None] = field(
@@ -211,6 +215,11 @@ class Capabilities:
             return "GEMM accumulation into c"
         return None
 
+    def why_not_global_scale(self) -> str | None:
+        """Why operands with a second (per-tensor) scale level cannot be used (None: they
+        can)."""
+        return None if self.global_scale else "two-level (global) scales"
+
     def why_not_gemm_dims(self, k: int | None, n: int | None) -> str | None:
         """Why a GEMM with inner dimension ``k`` and ``n`` output columns cannot run: they
         must be multiples of ``gemm_dim_multiple`` (None: they are; a None dimension is not
@@ -244,5 +253,6 @@ class Capabilities:
             "gemm_bias": self.gemm_bias,
             "gemm_accumulate": self.gemm_accumulate,
             "gemm_dim_multiple": self.gemm_dim_multiple,
+            "global_scale": self.global_scale,
             "notes": list(self.notes),
         }

@@ -99,8 +99,8 @@ def _format(spec: FormatLike) -> Format:
 
 def _element_format(spec: FormatLike) -> Format:
     fmt = _format(spec)
-    if fmt.is_scale_format:
-        raise Fp8ValueError(f"{fmt.name} is a block-scale format, not an element format")
+    if not fmt.element:
+        raise Fp8ValueError(f"{fmt.name} is a block-scale format only, not an element format")
     return fmt
 
 
@@ -374,12 +374,23 @@ def quantize_transpose(
 def dequantize(
     t: Fp8Tensor, out_dtype: torch.dtype = torch.float32, *, backend: str | None = None
 ) -> torch.Tensor:
-    """The high-precision value of ``t``: ``out_dtype(fp32(t.data) * fp32(1 / t.scale))``."""
+    """The high-precision value of ``t``: ``out_dtype(fp32(t.data) * t.scale_inv)``.
+
+    With a second scale level: ``out_dtype(fp32(fp32(t.data) * t.scale_inv) *
+    t.global_scale_inv)``, on backends that declare ``capabilities.global_scale`` (others
+    raise NotSupportedError).
+    """
     t = _v.check_fp8_tensor(t, "t")
     _v.check_out_dtype(out_dtype)
     chosen, device = _backend_for(backend, t.data)
     _check_decode_support(chosen, device, t.format)
-    return chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, out_dtype)
+    if t.global_scale is None:
+        return chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, out_dtype)
+    reason = chosen.capabilities.why_not_global_scale()
+    if reason is not None:
+        raise NotSupportedError(chosen.name, reason)
+    blocks = chosen.cast_from_fp8(t.data, t.format, t.scale_inv, t.granularity, torch.float32)
+    return (blocks * t.global_scale_inv).to(out_dtype)
 
 
 def scaled_mm(
@@ -451,9 +462,12 @@ def scaled_mm(
     reason = caps.why_not_gemm_dims(k, n)
     if reason is not None:
         raise Fp8ValueError(f"backend {chosen.name!r} needs {reason}")
-    if fast_accum and caps.runs_fast_accumulator(True):  # no call when False
-        return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=True)
-    return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
+    if a.global_scale is not None or b.global_scale is not None:
+        reason = caps.why_not_global_scale()
+        if reason is not None:
+            raise NotSupportedError(chosen.name, reason)
+    fast = caps.runs_fast_accumulator(fast_accum)
+    return chosen.scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast)
 
 
 def _check_operands(a: object, b: object) -> None:

@@ -7,16 +7,22 @@ graph and run at execution time through :mod:`portable_fp8.dispatch.ops`, with a
 
 Ops (namespace ``portable_fp8_nn``):
 
-* ``quantize(x, format, granularity, scale, margin, power_of_two, backend) -> (data, scale)``
-  -- :func:`portable_fp8.dispatch.ops.quantize`; ``data`` is contiguous, ``scale`` fp32 in the
-  granularity's scale layout (a new tensor, even when ``scale`` was given).
+The ops take and return plain tensors and strings (what a custom-op schema can hold): an
+:class:`~portable_fp8.numerics.tensor.Fp8Tensor` is flattened to ``(data, scale, scale_inv)``
+at this boundary and rebuilt on the other side, so the reciprocal a backend computed once
+travels with the codes to the GEMM instead of being recomputed.
+
+* ``quantize(x, format, granularity, scale, margin, power_of_two, backend) -> (data, scale,
+  scale_inv)`` -- :func:`portable_fp8.dispatch.ops.quantize`; ``data`` is contiguous,
+  ``scale`` fp32 in the granularity's scale layout (a new tensor, even when ``scale`` was
+  given), ``scale_inv`` its reciprocal in the same layout.
 * ``quantize_transpose(x, format, scale, amax, margin, power_of_two, backend) -> (data,
-  data_t, scale, amax)`` -- :func:`portable_fp8.dispatch.ops.quantize_transpose` (tensorwise,
-  2-D ``x``);
-  ``data_t`` holds the codes of ``x.T``, contiguous.
-* ``scaled_mm(a_data, a_scale, a_format, a_granularity, b_data, b_scale, b_format,
-  b_granularity, out_dtype, fast_accum, backend) -> out`` --
-  :func:`portable_fp8.dispatch.ops.scaled_mm`.
+  data_t, scale, scale_inv, amax)`` -- :func:`portable_fp8.dispatch.ops.quantize_transpose`
+  (tensorwise, 2-D ``x``); ``data_t`` holds the codes of ``x.T``, contiguous.
+* ``scaled_mm(a_data, a_scale, a_scale_inv, a_format, a_granularity, b_data, b_scale,
+  b_scale_inv, b_format, b_granularity, out_dtype, fast_accum, backend) -> out`` --
+  :func:`portable_fp8.dispatch.ops.scaled_mm`; ``*_scale_inv`` must be ``fp32(1 / scale)``
+  (as the quantize ops return it).
 * ``amax(x, backend) -> amax`` -- :func:`portable_fp8.dispatch.ops.compute_amax` (0-d fp32).
 
 Gradients are not registered: the Linear's autograd Function calls these ops on detached
@@ -70,18 +76,19 @@ def _quantize(x, format, granularity, scale, margin, power_of_two, backend):
         backend=backend,
     )
     out_scale = t.scale.clone() if scale is not None else t.scale.contiguous()
-    return t.data.contiguous(), out_scale
+    return t.data.contiguous(), out_scale, t.scale_inv.contiguous()
 
 
 def _quantize_fake(x, format, granularity, scale, margin, power_of_two, backend):
     fmt = get_format(format)
     shape = get_granularity(granularity).scale_shape(as_2d_shape(x.shape))
-    return x.new_empty(x.shape, dtype=fmt.torch_dtype), x.new_empty(shape, dtype=torch.float32)
+    data = x.new_empty(x.shape, dtype=fmt.torch_dtype)
+    return data, x.new_empty(shape, dtype=torch.float32), x.new_empty(shape, dtype=torch.float32)
 
 
 quantize = _define(
     "quantize(Tensor x, str format, str granularity, Tensor? scale, int margin, "
-    "bool power_of_two, str? backend) -> (Tensor, Tensor)",
+    "bool power_of_two, str? backend) -> (Tensor, Tensor, Tensor)",
     _quantize,
     _quantize_fake,
 )
@@ -99,39 +106,39 @@ def _quantize_transpose(x, format, scale, amax, margin, power_of_two, backend):
     )
     out_scale = q.scale.clone() if scale is not None else q.scale
     out_amax = out_amax.clone() if amax is not None else out_amax
-    return q.data, qt.data, out_scale, out_amax
+    return q.data, qt.data, out_scale, q.scale_inv, out_amax
 
 
 def _quantize_transpose_fake(x, format, scale, amax, margin, power_of_two, backend):
     dtype = get_format(format).torch_dtype
     rows, cols = x.shape
     data, data_t = x.new_empty((rows, cols), dtype=dtype), x.new_empty((cols, rows), dtype=dtype)
-    return data, data_t, x.new_empty((), dtype=torch.float32), x.new_empty((), dtype=torch.float32)
+    scale, scale_inv, out_amax = (x.new_empty((), dtype=torch.float32) for _ in range(3))
+    return data, data_t, scale, scale_inv, out_amax
 
 
 quantize_transpose = _define(
     "quantize_transpose(Tensor x, str format, Tensor? scale, Tensor? amax, int margin, "
-    "bool power_of_two, str? backend) -> (Tensor, Tensor, Tensor, Tensor)",
+    "bool power_of_two, str? backend) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
     _quantize_transpose,
     _quantize_transpose_fake,
 )
 
 
-def _scaled_mm(a_data, a_scale, a_format, a_gran, b_data, b_scale, b_format, b_gran, od, fast, be):
-    a = Fp8Tensor(a_data, a_scale, get_format(a_format), get_granularity(a_gran))
-    b = Fp8Tensor(b_data, b_scale, get_format(b_format), get_granularity(b_gran))
+def _scaled_mm(a_data, a_s, a_si, a_fmt, a_gran, b_data, b_s, b_si, b_fmt, b_gran, od, fast, be):
+    a = Fp8Tensor(a_data, a_s, get_format(a_fmt), get_granularity(a_gran), a_si)
+    b = Fp8Tensor(b_data, b_s, get_format(b_fmt), get_granularity(b_gran), b_si)
     return ops.scaled_mm(a, b, out_dtype=od, fast_accum=fast, backend=be).contiguous()
 
 
-def _scaled_mm_fake(a_data, a_scale, a_format, a_gran, b_data, b_scale, b_format, b_gran, od, *_):
+def _scaled_mm_fake(a_data, a_s, a_si, a_fmt, a_gran, b_data, b_s, b_si, b_fmt, b_gran, od, *_):
     return a_data.new_empty((a_data.shape[0], b_data.shape[1]), dtype=od)
 
 
 scaled_mm = _define(
-    "scaled_mm(Tensor a_data, Tensor a_scale, str a_format, str a_granularity, Tensor b_data, "
-    "Tensor b_scale, str b_format, str b_granularity, ScalarType out_dtype, bool fast_accum, "
-    "str? backend) "
-    "-> Tensor",
+    "scaled_mm(Tensor a_data, Tensor a_scale, Tensor a_scale_inv, str a_format, "
+    "str a_granularity, Tensor b_data, Tensor b_scale, Tensor b_scale_inv, str b_format, "
+    "str b_granularity, ScalarType out_dtype, bool fast_accum, str? backend) -> Tensor",
     _scaled_mm,
     _scaled_mm_fake,
 )

@@ -16,9 +16,10 @@ Contract (per call, with ``x`` of shape (..., in) flattened to M x K and W of sh
   and column-major B); other granularities cast each operand along its GEMM's reduction
   dimension.
 * Every cast and GEMM goes through :mod:`portable_fp8.dispatch.ops` (as torch.library custom
-ops, see
-  :mod:`._custom_ops`), so the registry chooses the backend as for any other call; ``backend``
-  pins one by name.
+  ops, see :mod:`._custom_ops`), so the registry chooses the backend as for any other call;
+  ``backend`` pins one by name. Operands travel as :class:`~portable_fp8.numerics.tensor.
+  Fp8Tensor` (with the reciprocal of their scale, computed once where they were quantised),
+  flattened to tensors only at the custom-op boundary.
 * Delayed scaling keeps ``amax_history`` (3 x history_len, rows: input, weight, grad_output;
   column 0 newest) and ``scale`` (3,) as buffers: they are in ``state_dict`` and are plain
   fp32 tensors, so a checkpoint moves between backends and devices. They are updated in
@@ -39,23 +40,11 @@ from torch import nn
 from ..numerics.formats import get_format
 from ..numerics.granularity import TENSORWISE, Granularity
 from ..numerics.scaling import scale_from_amax
+from ..numerics.tensor import Fp8Tensor
 from . import _custom_ops as cops
 from .recipes import ROLES, CurrentScaling, DelayedScaling, GemmSpec, Recipe, StaticScaling
 
 __all__ = ["Linear"]
-
-
-class _Q(NamedTuple):
-    """A quantised GEMM operand: codes, quantisation scales, format and granularity names."""
-
-    data: torch.Tensor
-    scale: torch.Tensor
-    fmt: str
-    gran: Granularity
-
-    def t(self) -> _Q:
-        scale = self.scale if self.scale.dim() == 0 else self.scale.t()
-        return _Q(self.data.t(), scale, self.fmt, self.gran.transposed())
 
 
 class _Cfg(NamedTuple):
@@ -66,13 +55,13 @@ class _Cfg(NamedTuple):
     dtype: torch.dtype
 
 
-def _quantize(x: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> _Q:
+def _quantize(x: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> Fp8Tensor:
     r = cfg.recipe
-    data, s = cops.quantize(x, fmt, gran.name, scale, r.margin, r.power_of_two, cfg.backend)
-    return _Q(data, s, fmt, gran)
+    data, s, s_inv = cops.quantize(x, fmt, gran.name, scale, r.margin, r.power_of_two, cfg.backend)
+    return Fp8Tensor(data, s, get_format(fmt), gran, s_inv)
 
 
-def _quantize_b(bt: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> _Q:
+def _quantize_b(bt: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> Fp8Tensor:
     """The B operand (K x N) of granularity ``gran``, cast from its transpose ``bt`` (N x K)."""
     return _quantize(bt, fmt, gran.transposed(), scale, cfg).t()
 
@@ -99,17 +88,22 @@ def _quantize_pair(x: torch.Tensor, fmt: str, scale, cfg: _Cfg, transposed: bool
         return _quantize(x, fmt, TENSORWISE, scale, cfg), None
     r = cfg.recipe
     amax = _amax(x, cfg) if scale is None and torch.compiler.is_compiling() else None
-    data, data_t, s, _ = cops.quantize_transpose(
+    data, data_t, s, s_inv, _ = cops.quantize_transpose(
         x, fmt, scale, amax, r.margin, r.power_of_two, cfg.backend
     )
-    return _Q(data, s, fmt, TENSORWISE), _Q(data_t, s, fmt, TENSORWISE)
+    f = get_format(fmt)
+    return Fp8Tensor(data, s, f, TENSORWISE, s_inv), Fp8Tensor(data_t, s, f, TENSORWISE, s_inv)
 
 
-def _mm(a: _Q, b: _Q, spec: GemmSpec, default_out: torch.dtype, cfg: _Cfg) -> torch.Tensor:
+def _mm(
+    a: Fp8Tensor, b: Fp8Tensor, spec: GemmSpec, default_out: torch.dtype, cfg: _Cfg
+) -> torch.Tensor:
     """One of the layer's GEMMs: ``spec`` gives its output dtype (else ``default_out``) and
-    whether it may use the backend's fast accumulator."""
+    whether it may use the backend's fast accumulator. The operands are flattened here, at
+    the custom op's boundary."""
     return cops.scaled_mm(
-        a.data, a.scale, a.fmt, a.gran.name, b.data, b.scale, b.fmt, b.gran.name,
+        a.data, a.scale, a.scale_inv, a.format.name, a.granularity.name,
+        b.data, b.scale, b.scale_inv, b.format.name, b.granularity.name,
         spec.out_dtype or default_out, spec.fast_accum, cfg.backend,
     )  # fmt: skip
 
@@ -142,7 +136,7 @@ def _tensor_scale(
     return None
 
 
-def _pad_tokens(q: _Q, dim: int, multiple: int) -> _Q:
+def _pad_tokens(q: Fp8Tensor, dim: int, multiple: int) -> Fp8Tensor:
     """Zero-pad the token dimension ``dim`` of a tensorwise operand to ``multiple``."""
     n = q.data.shape[dim]
     extra = (-n) % multiple
@@ -150,7 +144,8 @@ def _pad_tokens(q: _Q, dim: int, multiple: int) -> _Q:
         return q
     codes = q.data.view(torch.uint8)  # code 0 is +0 in every element format
     pad = (0, extra) if dim == 1 else (0, 0, 0, extra)
-    return _Q(F.pad(codes, pad).view(q.data.dtype), q.scale, q.fmt, q.gran)
+    padded = F.pad(codes, pad).view(q.data.dtype)
+    return Fp8Tensor(padded, q.scale, q.format, q.granularity, q.scale_inv)
 
 
 def _pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -175,7 +170,7 @@ class _Fp8LinearFn(torch.autograd.Function):
             sw = _tensor_scale(1, w, fw, cfg, history, scales)
             qw, qw_t = _quantize_pair(w, fw, sw, cfg, transposed=need_dx)
             saved = [q for q in (qx_t, qw_t) if q is not None]
-            ctx.save_for_backward(*(t for q in saved for t in (q.data, q.scale)))
+            ctx.save_for_backward(*(t for q in saved for t in (q.data, q.scale, q.scale_inv)))
             qwt = qw.t()
         else:
             qx = _quantize(x2, fx, a_gran, None, cfg)
@@ -208,13 +203,16 @@ class _Fp8LinearFn(torch.autograd.Function):
             sg = _tensor_scale(2, dy2, fg, cfg, ctx.history, ctx.scales)
             qdy, qdy_t = _quantize_pair(dy2, fg, sg, cfg, transposed=need_dw)
             if need_dw:
-                xt_data, xt_scale = saved[:2]
-                del saved[:2]
+                xt = saved[:3]
+                del saved[:3]
             if need_dx:
-                qw = _Q(saved[0], saved[1], r.dgrad.b_format, TENSORWISE).t()  # N x K, col-major
+                w_data, w_scale, w_inv = saved
+                fw = get_format(r.dgrad.b_format)
+                qw = Fp8Tensor(w_data, w_scale, fw, TENSORWISE, w_inv).t()  # N x K, col-major
                 dx = _mm(qdy, qw, r.dgrad, ctx.x_dtype, cfg)
             if need_dw:
-                qx = _Q(xt_data, xt_scale, r.wgrad.b_format, TENSORWISE).t()  # M x K, col-major
+                fx = get_format(r.wgrad.b_format)
+                qx = Fp8Tensor(xt[0], xt[1], fx, TENSORWISE, xt[2]).t()  # M x K, col-major
                 a, b = qdy_t, qx
                 if mult > 1:
                     a, b = _pad_tokens(a, 1, mult), _pad_tokens(b, 0, mult)

@@ -83,8 +83,8 @@ class GemmSpec:
 
     def __post_init__(self) -> None:
         for name in (self.a_format, self.b_format):
-            if get_format(name).is_scale_format:
-                raise Fp8ValueError(f"{name} is a block-scale format, not an element format")
+            if not get_format(name).element:
+                raise Fp8ValueError(f"{name} is a block-scale format only, not an element format")
 
 
 @dataclass(frozen=True, kw_only=True)

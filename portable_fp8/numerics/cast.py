@@ -22,9 +22,11 @@ The cast of ``x`` with quantisation scale ``s`` into a format ``F`` is defined a
    zero) maps zero, negatives and NaN to NaN and rounds magnitudes under its smallest value
    up to it.
 
-NaN results carry the input's sign where the format has one (``0x7F | sign``; ``0x80`` for
-FNUZ; ``0xFF`` for E8M0). The contract treats every NaN code alike: a backend may return any
-NaN code where the reference returns NaN.
+NaN results carry the input's sign where the format has one (``Format.nan_code | sign_bit``:
+``0x7F | sign`` for the 8-bit OCP formats; ``0x80`` for FNUZ; ``0xFF`` for E8M0). Formats
+without NaN and inf (``NanEncoding.NONE``) have no defined cast yet: the emulator refuses
+them with :class:`~portable_fp8.errors.NotSupportedError`. The contract treats every NaN
+code alike: a backend may return any NaN code where the reference returns NaN.
 
 Stochastic rounding with explicit random bits: for each element, let ``lo`` and ``hi`` be the
 two neighbours of ``|y|`` in ``F`` (toward and away from zero) and ``f = (|y| - lo) / (hi - lo)``
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import Fp8TypeError
+from ..errors import Fp8TypeError, NotSupportedError
 from .formats import Format, NanEncoding
 
 __all__ = [
@@ -80,6 +82,8 @@ def round_to_codes(
     """
     if y.dtype != torch.float32:
         raise Fp8TypeError(f"round_to_codes: y must be float32, got {y.dtype}")
+    if not fmt.has_nan:
+        raise NotSupportedError("reference", f"casts to {fmt.name} (a format without NaN/inf)")
     flat = y.reshape(-1)
     out = torch.empty(flat.shape, dtype=torch.uint8, device=y.device)
     bits_flat = None if rand_bits is None else rand_bits.reshape(-1)
@@ -99,7 +103,7 @@ def _round_chunk(
     special = a >= 0x7F800000  # inf or NaN
     is_nan = a > 0x7F800000
     exp_field = a >> 23
-    if fmt.is_scale_format:
+    if fmt.exponent_only:
         code = _e8m0_magnitude_code(a, exp_field, rand_bits)
     else:
         code = _element_magnitude_code(a, exp_field, fmt, rand_bits)
@@ -115,12 +119,13 @@ def _round_chunk(
     code = torch.where(special, inf_code, code)
     code = torch.where(is_nan, nan_code, code)
 
-    if fmt.is_scale_format:  # unsigned, no zero: zero and negatives have no code
+    sign = fmt.sign_bit
+    if fmt.exponent_only:  # unsigned, no zero: zero and negatives have no code
         code = torch.where(negative | (a == 0), nan_code, code)
     elif fmt.has_negative_zero:
-        code = torch.where(negative, code | 0x80, code)
-    else:  # FNUZ: 0x80 is the NaN, so a negative that rounded to zero is +0
-        code = torch.where(negative & (code != 0) & (code != nan_code), code | 0x80, code)
+        code = torch.where(negative, code | sign, code)
+    else:  # FNUZ: the sign bit alone is the NaN, so a negative that rounded to zero is +0
+        code = torch.where(negative & (code != 0) & (code != nan_code), code | sign, code)
     return code.to(torch.uint8)
 
 

@@ -1,9 +1,12 @@
 """FP8 encodings described as data.
 
 A :class:`Format` says everything the emulator and the backends need to know about one
-8-bit encoding: field widths, exponent bias, the largest finite value, how infinities and NaN
-are encoded, whether there is a negative zero, and the torch dtype that stores it. No other
-module hard-codes a format's constants; they read them from here.
+low-precision encoding: its bit width and how codes are packed into storage bytes, field
+widths, exponent bias, the largest finite value, how infinities and NaN are encoded (or that
+there are none), whether there is a negative zero, whether it may hold tensor elements or
+only block scales, and the torch dtype that stores it. No other module hard-codes a
+format's constants (code count, sign bit, NaN codes); they read them from here, so adding a
+format is data plus tests.
 
 Formats are looked up by a short name matching torch's dtype names (``"e4m3fn"``,
 ``"e5m2"``, ``"e4m3fnuz"``, ``"e5m2fnuz"``, ``"e8m0fnu"``), by Gaudi2's own name
@@ -23,10 +26,11 @@ from functools import cached_property
 
 import torch
 
-from ..errors import UnknownFormatError
+from ..errors import Fp8ValueError, UnknownFormatError
 
 __all__ = [
     "NanEncoding",
+    "PACKINGS",
     "Format",
     "E4M3FN",
     "E5M2",
@@ -51,15 +55,34 @@ class NanEncoding(enum.Enum):
     NEGATIVE_ZERO = "negative_zero"
     #: Unsigned exponent-only scale: 0xFF is NaN (OCP MX E8M0).
     EXPONENT_ALL_ONES = "exponent_all_ones"
+    #: No NaN and no infinity: every code is a finite value (e.g. OCP MX's 4-bit E2M1). The
+    #: contract does not define casts into such formats yet (what NaN and inf inputs become):
+    #: the emulator refuses them; their code tables are defined.
+    NONE = "none"
+
+
+#: How codes are laid out in storage bytes (``Format.packing``).
+PACKINGS: dict[str, str] = {
+    "byte": "one code per storage byte (the code is the byte)",
+    "2x4": "two 4-bit codes per byte, the first (lower index) in the low nibble",
+}
 
 
 @dataclass(frozen=True)
 class Format:
-    """One FP8 encoding.
+    """One low-precision encoding (every shipped one is 8 bits wide).
 
     ``max`` is the largest finite magnitude the format may produce. For every format but
     Gaudi2's E4M3 it is the largest finite value the bit layout can spell; Gaudi2's E4M3 uses
     E4M3FN's layout but its hardware range stops at 240, so ``max`` is 240 there.
+
+    ``bits`` is the code width (sign, exponent and mantissa fields, ``1 + e + m`` when signed,
+    ``e + m`` otherwise); there are ``2**bits`` codes, and the sign is the top bit.
+    ``packing`` names how codes sit in storage bytes (:data:`PACKINGS`): ``"byte"`` stores one
+    code per byte (in ``torch_dtype`` or uint8); packed formats are stored as uint8.
+    ``element``: tensor elements may be cast to it (False for scale-only formats such as
+    E8M0). Any format, element or not, may serve as a block-scale format
+    (``Granularity.scale_format``).
     """
 
     name: str
@@ -72,28 +95,71 @@ class Format:
     #: Name of the torch dtype that stores the codes (absent on older torch: stored as uint8).
     torch_dtype_name: str | None = None
     description: str = field(default="", compare=False)
+    bits: int = 8
+    packing: str = "byte"
+    element: bool = True
+
+    def __post_init__(self) -> None:
+        width = int(self.signed) + self.exponent_bits + self.mantissa_bits
+        if width != self.bits:
+            raise Fp8ValueError(
+                f"format {self.name}: bits={self.bits} but sign + exponent + mantissa fields "
+                f"are {width} bits"
+            )
+        if self.packing not in PACKINGS:
+            raise Fp8ValueError(
+                f"format {self.name}: packing {self.packing!r}; known: {', '.join(PACKINGS)}"
+            )
+
+    @property
+    def code_count(self) -> int:
+        """Number of codes, ``2**bits``."""
+        return 1 << self.bits
+
+    @property
+    def sign_bit(self) -> int:
+        """The sign bit's mask in a code (0 for unsigned formats)."""
+        return 1 << (self.bits - 1) if self.signed else 0
+
+    @property
+    def magnitude_mask(self) -> int:
+        """Mask of the exponent and mantissa fields (every bit but the sign)."""
+        return (1 << (self.bits - int(self.signed))) - 1
+
+    @property
+    def exponent_only(self) -> bool:
+        """An exponent-only encoding (E8M0): powers of two, no zero, no subnormals."""
+        return self.nan_encoding is NanEncoding.EXPONENT_ALL_ONES
 
     @property
     def has_inf(self) -> bool:
         return self.nan_encoding is NanEncoding.IEEE
 
     @property
+    def has_nan(self) -> bool:
+        return self.nan_encoding is not NanEncoding.NONE
+
+    @property
     def has_negative_zero(self) -> bool:
-        return self.signed and self.nan_encoding in (NanEncoding.ALL_ONES, NanEncoding.IEEE)
+        return self.signed and self.nan_encoding in (
+            NanEncoding.ALL_ONES,
+            NanEncoding.IEEE,
+            NanEncoding.NONE,
+        )
 
     @property
     def has_zero(self) -> bool:
-        return self.nan_encoding is not NanEncoding.EXPONENT_ALL_ONES
+        return not self.exponent_only
 
     @property
     def is_scale_format(self) -> bool:
-        """True for exponent-only block-scale formats (E8M0): never an element format."""
-        return self.nan_encoding is NanEncoding.EXPONENT_ALL_ONES
+        """True for scale-only formats (``not element``, e.g. E8M0): never an element format."""
+        return not self.element
 
     @property
     def min_normal_exponent(self) -> int:
         """Unbiased exponent of the smallest normal number (1 - bias; E8M0 has no subnormals)."""
-        return -self.bias if self.is_scale_format else 1 - self.bias
+        return -self.bias if self.exponent_only else 1 - self.bias
 
     @property
     def min_normal(self) -> float:
@@ -102,29 +168,32 @@ class Format:
     @property
     def min_subnormal(self) -> float:
         """Smallest positive value (for E8M0, which has no subnormals, the smallest scale)."""
-        if self.is_scale_format:
+        if self.exponent_only:
             return self.min_normal
         return 2.0 ** (self.min_normal_exponent - self.mantissa_bits)
 
     @property
-    def nan_code(self) -> int:
-        """The canonical (positive, where signed) NaN code."""
+    def nan_code(self) -> int | None:
+        """The canonical (positive, where signed) NaN code; None for formats without NaN."""
+        if self.nan_encoding is NanEncoding.NONE:
+            return None
         if self.nan_encoding is NanEncoding.NEGATIVE_ZERO:
-            return 0x80
-        if self.nan_encoding is NanEncoding.IEEE:
-            return 0x7F
-        if self.nan_encoding is NanEncoding.EXPONENT_ALL_ONES:
-            return 0xFF
-        return 0x7F
+            return self.sign_bit
+        # ALL_ONES and IEEE: magnitude all ones; EXPONENT_ALL_ONES: every (unsigned) bit.
+        return self.magnitude_mask
 
     @property
     def inf_code(self) -> int | None:
         """Code of +inf, or None when the format has no infinity."""
-        return (0x7F >> self.mantissa_bits) << self.mantissa_bits if self.has_inf else None
+        m = self.mantissa_bits
+        return (self.magnitude_mask >> m) << m if self.has_inf else None
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        """The dtype that stores this format's codes (uint8 where torch lacks the dtype)."""
+        """The dtype that stores this format's codes (uint8 where torch lacks the dtype, and
+        for packed formats)."""
+        if self.packing != "byte":
+            return torch.uint8
         dtype = getattr(torch, self.torch_dtype_name or "", None)
         return dtype if isinstance(dtype, torch.dtype) else torch.uint8
 
@@ -135,37 +204,35 @@ class Format:
 
     @cached_property
     def code_values(self) -> torch.Tensor:
-        """float64 tensor of the value of each of the 256 codes (NaN codes give NaN).
+        """float64 tensor of the value of each of the ``2**bits`` codes (NaN codes give NaN).
 
         This is the decoding table; it is derived from the fields above by formula.
         """
-        codes = torch.arange(256, dtype=torch.int64)
+        n = self.code_count
+        codes = torch.arange(n, dtype=torch.int64)
         m = self.mantissa_bits
         if self.signed:
-            sign = torch.where(codes >= 128, -1.0, 1.0).double()
-            mag = codes & 0x7F
+            sign = torch.where((codes & self.sign_bit) != 0, -1.0, 1.0).double()
         else:
-            sign = torch.ones(256, dtype=torch.float64)
-            mag = codes
+            sign = torch.ones(n, dtype=torch.float64)
+        mag = codes & self.magnitude_mask
         exp_field = mag >> m
         mant = (mag & ((1 << m) - 1)).double()
-        if self.is_scale_format:
+        if self.exponent_only:
             value = torch.pow(2.0, (exp_field - self.bias).double())
         else:
             normal = torch.pow(2.0, (exp_field - self.bias).double()) * (1.0 + mant / 2**m)
             subnormal = 2.0 ** (self.min_normal_exponent - m) * mant
             value = sign * torch.where(exp_field == 0, subnormal, normal)
-        nan = torch.zeros(256, dtype=torch.bool)
+        nan = torch.zeros(n, dtype=torch.bool)
         exp_all_ones = exp_field == (1 << self.exponent_bits) - 1
         if self.nan_encoding is NanEncoding.ALL_ONES:
-            nan = mag == 0x7F
+            nan = mag == self.magnitude_mask
         elif self.nan_encoding is NanEncoding.IEEE:
             nan = exp_all_ones & (mant != 0)
             value = torch.where(exp_all_ones & (mant == 0), sign * torch.inf, value)
-        elif self.nan_encoding is NanEncoding.NEGATIVE_ZERO:
-            nan = codes == 0x80
-        else:
-            nan = codes == 0xFF
+        elif self.nan_encoding is not NanEncoding.NONE:  # NEGATIVE_ZERO, EXPONENT_ALL_ONES
+            nan = codes == self.nan_code
         value = torch.where(nan, torch.nan, value)
         # Codes beyond a range-limited format's max (Gaudi2 E4M3 above 240) never occur.
         out_of_range = value.abs() > self.max
@@ -235,6 +302,7 @@ E8M0FNU = Format(
     signed=False,
     torch_dtype_name="float8_e8m0fnu",
     description="OCP MX E8M0 block scale: 2^(e-127), 0xFF = NaN, no sign, no zero",
+    element=False,
 )
 
 #: Every known format by name.
@@ -244,8 +312,8 @@ FORMATS: dict[str, Format] = {
 
 
 def element_formats() -> tuple[Format, ...]:
-    """Formats that tensor elements may be cast to (everything but block-scale formats)."""
-    return tuple(f for f in FORMATS.values() if not f.is_scale_format)
+    """Formats that tensor elements may be cast to (``Format.element``)."""
+    return tuple(f for f in FORMATS.values() if f.element)
 
 
 def get_format(spec: str | torch.dtype | Format) -> Format:

@@ -40,6 +40,7 @@ import torch
 from .cast import codes_of, codes_to_float
 from .formats import Format
 from .granularity import Granularity, as_2d_shape
+from .scaling import reciprocal
 
 __all__ = [
     "AccumulatorModel",
@@ -131,12 +132,17 @@ def reference_scaled_mm(
     bias: torch.Tensor | None = None,
     c: torch.Tensor | None = None,
     accumulator: AccumulatorModel | None = None,
+    a_global_scale: torch.Tensor | None = None,
+    b_global_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """C = out_dtype(sum (qa ra)(qb rb) + bias + c), per the module's contract.
 
     ``qa`` is (M, K) and ``qb`` is (K, N), FP8 (or uint8 code) tensors of any strides; the
     scales are quantisation scales in their granularity's layout; ``accumulator=None`` gives
-    the exact sum.
+    the exact sum. ``a_global_scale`` / ``b_global_scale``: optional per-tensor fp32 second
+    scale levels (0-d); the accumulated sum is multiplied by their reciprocals
+    ``fp32(1 / g)`` in float64 (each product of an fp32 factor: one float64 rounding,
+    2**-53 relative) before bias and ``c`` are added.
     """
     a = codes_to_float(codes_of(qa), a_format).double()
     b = codes_to_float(codes_of(qb), b_format).double()
@@ -144,8 +150,8 @@ def reference_scaled_mm(
     n = b.shape[1]
     a_shape, b_shape = (m, k), (k, n)
     # .expand: tensorwise scales come back as (1, 1); the K-slices below need full shapes.
-    ra = a_granularity.expand(torch.reciprocal(a_scale.float()).double(), a_shape).expand(a_shape)
-    rb = b_granularity.expand(torch.reciprocal(b_scale.float()).double(), b_shape).expand(b_shape)
+    ra = a_granularity.expand(reciprocal(a_scale).double(), a_shape).expand(a_shape)
+    rb = b_granularity.expand(reciprocal(b_scale).double(), b_shape).expand(b_shape)
     step = None if accumulator is None else accumulator.promote_every
     total = torch.zeros(m, n, dtype=torch.float64)
     for lo, hi in _k_segments(k, a_granularity, b_granularity, a_shape, b_shape, step):
@@ -158,6 +164,9 @@ def reference_scaled_mm(
             total += scaled
         else:  # promotion: the scaled partial sum joins an fp32 accumulator
             total = (total + scaled.float().double()).float().double()
+    for g in (a_global_scale, b_global_scale):
+        if g is not None:
+            total = total * reciprocal(g).double().reshape(())
     if bias is not None:
         total = total + bias.double().reshape(1, -1)
     if c is not None:
@@ -240,6 +249,6 @@ def abs_product_sum(
     """``sum_k |qa ra| |qb rb|`` in float64: the magnitude term of :func:`gemm_error_bound`."""
     a = codes_to_float(codes_of(qa), a_format).double().abs()
     b = codes_to_float(codes_of(qb), b_format).double().abs()
-    ra = a_granularity.expand(torch.reciprocal(a_scale.float()).double(), as_2d_shape(a.shape))
-    rb = b_granularity.expand(torch.reciprocal(b_scale.float()).double(), as_2d_shape(b.shape))
+    ra = a_granularity.expand(reciprocal(a_scale).double(), as_2d_shape(a.shape))
+    rb = b_granularity.expand(reciprocal(b_scale).double(), as_2d_shape(b.shape))
     return torch.nan_to_num(a * ra.abs(), nan=0.0) @ torch.nan_to_num(b * rb.abs(), nan=0.0)

@@ -46,12 +46,29 @@ class Granularity:
 
     ``power_of_two`` marks granularities whose scales must be powers of two (OCP MX, whose
     scales are stored as E8M0).
+
+    ``scale_format`` names the format the block scales are stored in when exported (None:
+    fp32). Any format may be one (``Format.element`` or not): OCP MX stores E8M0; a
+    two-level scheme may store E4M3 block scales under an fp32
+    ``Fp8Tensor.global_scale``. In an :class:`~portable_fp8.numerics.tensor.Fp8Tensor` the
+    scales are always fp32 tensors (holding values of that format).
     """
 
     name: str
     rows: int
     cols: int
     power_of_two: bool = False
+    scale_format: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale_format is not None:
+            from .formats import FORMATS
+
+            if self.scale_format not in FORMATS:
+                raise Fp8ValueError(
+                    f"granularity {self.name}: unknown scale_format {self.scale_format!r}; "
+                    f"known: {', '.join(FORMATS)}"
+                )
 
     @property
     def is_tensorwise(self) -> bool:
@@ -78,10 +95,13 @@ class Granularity:
 
     def transposed(self) -> Granularity:
         """The granularity of the transposed tensor (rowwise <-> columnwise, 1x128 -> 128x1)."""
+        key = (self.cols, self.rows, self.power_of_two, self.scale_format)
         for g in GRANULARITIES.values():
-            if (g.rows, g.cols, g.power_of_two) == (self.cols, self.rows, self.power_of_two):
+            if (g.rows, g.cols, g.power_of_two, g.scale_format) == key:
                 return g
-        return Granularity(f"{self.name}^T", self.cols, self.rows, self.power_of_two)
+        return Granularity(
+            f"{self.name}^T", self.cols, self.rows, self.power_of_two, self.scale_format
+        )
 
     def expand(self, scale: torch.Tensor, shape2d: tuple[int, int]) -> torch.Tensor:
         """Broadcast a scale tensor to one scale per element of the 2-D view."""
@@ -106,14 +126,14 @@ ROWWISE = Granularity("rowwise", 1, -1)
 COLUMNWISE = Granularity("columnwise", -1, 1)
 BLOCK_1x128 = Granularity("block_1x128", 1, 128)
 BLOCK_128x128 = Granularity("block_128x128", 128, 128)
-MX_1x32 = Granularity("mx_1x32", 1, 32, power_of_two=True)
+MX_1x32 = Granularity("mx_1x32", 1, 32, power_of_two=True, scale_format="e8m0fnu")
 
 #: The named granularities.
 GRANULARITIES: dict[str, Granularity] = {
     g.name: g for g in (TENSORWISE, ROWWISE, COLUMNWISE, BLOCK_1x128, BLOCK_128x128, MX_1x32)
 }
 GRANULARITIES["block_128x1"] = Granularity("block_128x1", 128, 1)
-GRANULARITIES["mx_32x1"] = Granularity("mx_32x1", 32, 1, power_of_two=True)
+GRANULARITIES["mx_32x1"] = Granularity("mx_32x1", 32, 1, power_of_two=True, scale_format="e8m0fnu")
 
 
 def get_granularity(spec: str | Granularity) -> Granularity:
