@@ -417,6 +417,16 @@ def test_fuzz_quantize_transpose(data, format, margin, power_of_two, saturate) -
     run_both(call, _fmt_of(format))
 
 
+def _built(data: torch.Tensor, scale: torch.Tensor, like: Fp8Tensor) -> object:
+    """``Fp8Tensor(data, scale, ...)`` with ``like``'s format and granularity; where the
+    constructor refuses the parts (only with a documented error, else the test fails), the
+    raw ``(data, scale)`` pair, which every op must refuse in turn."""
+    outcome, value = _outcome(
+        lambda _: Fp8Tensor(data, scale, like.format, like.granularity), "Fp8Tensor"
+    )
+    return value if outcome == "ok" else (data, scale)
+
+
 @st.composite
 def fp8_tensors(draw, shape=None, gran=None) -> object:
     """An Fp8Tensor from the reference quantiser, or one whose parts disagree."""
@@ -429,19 +439,19 @@ def fp8_tensors(draw, shape=None, gran=None) -> object:
                                  "scale_dtype", "grad", "notfp8", "uint8"]))  # fmt: skip
     if kind == "dtype":
         other = draw(st.sampled_from([torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float32]))
-        return Fp8Tensor(t.data.view(torch.uint8).view(other) if other.itemsize == 1
-                         else t.data.float(), t.scale, t.format, t.granularity)  # fmt: skip
+        data = t.data.view(torch.uint8).view(other) if other.itemsize == 1 else t.data.float()
+        return _built(data, t.scale, t)
     if kind == "uint8":
-        return Fp8Tensor(t.data.view(torch.uint8), t.scale, t.format, t.granularity)
+        return _built(t.data.view(torch.uint8), t.scale, t)
     if kind == "scale_shape":
-        return Fp8Tensor(t.data, torch.ones(5), t.format, t.granularity)
+        return _built(t.data, torch.ones(5), t)
     if kind == "scale_value":
         bad = draw(st.sampled_from([0.0, -1.0, math.nan, math.inf]))
-        return Fp8Tensor(t.data, torch.full_like(t.scale, bad), t.format, t.granularity)
+        return _built(t.data, torch.full_like(t.scale, bad), t)
     if kind == "scale_dtype":
-        return Fp8Tensor(t.data, t.scale.double(), t.format, t.granularity)
+        return _built(t.data, t.scale.double(), t)
     if kind == "grad":
-        return Fp8Tensor(t.data, t.scale.clone().requires_grad_(True), t.format, t.granularity)
+        return _built(t.data, t.scale.clone().requires_grad_(True), t)
     if kind == "notfp8":
         return draw(st.sampled_from([x, None, "t", (t.data, t.scale)]))
     return t
