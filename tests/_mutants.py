@@ -303,7 +303,7 @@ class GemmSquareScaleSwap(CpuBackend):
 
     name = "mutant-gemm-square"
 
-    def scaled_mm(self, a, b, *, out_dtype, bias, c):
+    def scaled_mm(self, a, b, *, out_dtype, bias, c, fast_accum=False):
         if (a.granularity.name, b.granularity.name) == ("rowwise", "columnwise") and (
             a.scale.numel() == b.scale.numel()
         ):
@@ -311,7 +311,7 @@ class GemmSquareScaleSwap(CpuBackend):
                 Fp8Tensor(a.data, b.scale.reshape(a.scale.shape), a.format, a.granularity),
                 Fp8Tensor(b.data, a.scale.reshape(b.scale.shape), b.format, b.granularity),
             )
-        return super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
+        return super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast_accum)
 
 
 # -- cast and transpose --------------------------------------------------------------------
@@ -423,7 +423,7 @@ class IgnoresBias(ReferenceBackend):
     name = "mutant-nobias"
 
     def scaled_mm(self, a, b, *, out_dtype, bias, c, fast_accum=False):
-        return super().scaled_mm(a, b, out_dtype=out_dtype, bias=None, c=c)
+        return super().scaled_mm(a, b, out_dtype=out_dtype, bias=None, c=c, fast_accum=fast_accum)
 
 
 class InfTimesZeroIsZero(ReferenceBackend):
@@ -436,7 +436,7 @@ class InfTimesZeroIsZero(ReferenceBackend):
         a64 = codes_to_float(codes_of(a.data), a.format).double() * a.expanded_scale_inv().double()
         b64 = codes_to_float(codes_of(b.data), b.format).double() * b.expanded_scale_inv().double()
         if not (torch.isinf(a64).any() or torch.isinf(b64).any()):
-            return super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
+            return super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast_accum)
         prod = a64[:, :, None] * b64[None, :, :]
         zero = (a64 == 0)[:, :, None] | (b64 == 0)[None, :, :]
         out = torch.where(zero, 0.0, prod).sum(1)
@@ -475,8 +475,8 @@ class ReusedOutputBuffer(CpuBackend):
         super().__init__()
         self._buffers: dict = {}
 
-    def scaled_mm(self, a, b, *, out_dtype, bias, c):
-        out = super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c)
+    def scaled_mm(self, a, b, *, out_dtype, bias, c, fast_accum=False):
+        out = super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast_accum)
         key = (tuple(out.shape), out.dtype)
         buf = self._buffers.setdefault(key, torch.empty_like(out))
         return buf.copy_(out)

@@ -55,6 +55,9 @@ def test_quick_profile_catches_mutant(m: Mutant):
         failed = [i for i in hits if results[i].verdict is Verdict.FAILED]
         assert failed, f"{m.backend.name}: no case matching {pattern!r} failed"
         assert all(results[i].detail for i in failed)  # a failure says what differs
+        # ... and it is the defect that failed it, not a mutant out of step with the
+        # Backend interface (a stale signature fails every case by TypeError).
+        assert not [i for i in failed if "TypeError" in results[i].detail], failed[:3]
     for pattern in m.spare:
         hits = fnmatch.filter(results, pattern)
         assert hits, f"pattern {pattern!r} matches no quick case"
