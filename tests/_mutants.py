@@ -436,7 +436,9 @@ class InfTimesZeroIsZero(ReferenceBackend):
         a64 = codes_to_float(codes_of(a.data), a.format).double() * a.expanded_scale_inv().double()
         b64 = codes_to_float(codes_of(b.data), b.format).double() * b.expanded_scale_inv().double()
         if not (torch.isinf(a64).any() or torch.isinf(b64).any()):
-            return super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast_accum)
+            return super().scaled_mm(
+                a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast_accum
+            )
         prod = a64[:, :, None] * b64[None, :, :]
         zero = (a64 == 0)[:, :, None] | (b64 == 0)[None, :, :]
         out = torch.where(zero, 0.0, prod).sum(1)
