@@ -189,8 +189,8 @@ class TritonCastsMixin:
         if from_amax:
             if amax is None:
                 amax_bits = self._amax_bits(x.contiguous())
-            else:  # the kernel reads the bits of |amax| (sign masked)
-                amax_bits = amax.to(torch.float32).reshape(1).view(torch.int32)
+            else:  # |amax| in a buffer of its own: returned as the amax, never the caller's
+                amax_bits = amax.to(torch.float32).abs().reshape(1).view(torch.int32)
             scale = torch.empty((), dtype=torch.float32, device=dev)
         else:
             amax_bits = torch.zeros(1, dtype=torch.int32, device=dev)
