@@ -314,6 +314,22 @@ class GemmSquareScaleSwap(CpuBackend):
         return super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast_accum)
 
 
+class GemmPartialBlock(CpuBackend):
+    """Blockwise GEMM whose last, partial 128-column block of B takes the previous block's
+    factors when K is a multiple of 128 (a fast path that assumes N tiles into blocks)."""
+
+    name = "mutant-gemm-partial-block"
+
+    def scaled_mm(self, a, b, *, out_dtype, bias, c, fast_accum=False):
+        k, n = b.shape
+        sb = b.scale
+        if b.granularity.name == "block_128x128" and k % 128 == 0 and n % 128 and n > 128:
+            sb = sb.clone()
+            sb[:, -1] = sb[:, -2]
+            b = Fp8Tensor(b.data, sb, b.format, b.granularity)
+        return super().scaled_mm(a, b, out_dtype=out_dtype, bias=bias, c=c, fast_accum=fast_accum)
+
+
 # -- cast and transpose --------------------------------------------------------------------
 
 
@@ -620,6 +636,12 @@ MUTANTS: tuple[Mutant, ...] = (
             "gemm/*/rowwisexcolumnwise/128x128x128/tt/*",
         ),
         ("gemm/*/rowwisexcolumnwise/48x320x64/*", "gemm/*/tensorwisextensorwise/*", "cast/*"),
+    ),
+    Mutant(
+        GemmPartialBlock,
+        "Scaling granularities",
+        ("gemm/*/block_1x128xblock_128x128/48x256x160/*",),
+        ("gemm/*/block_1x128xblock_128x128/48x320x64/*", "gemm/*/tensorwisextensorwise/*"),
     ),
     Mutant(
         NarrowAccumulator,

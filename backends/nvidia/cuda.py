@@ -116,7 +116,10 @@ class CudaBackend(NvidiaBackend):
         if mode == _BLOCKWISE:
             k, n = a.shape[1], b.shape[1]
             out = None
-            if k % 128 == 0 and n % 16 == 0 and self._blockwise_path(a.device) == "cublas":
+            # cuBLASLt's 128x128 weight blocks must tile N exactly: with a partial last block
+            # (N = 160 on an H200, torch 2.11) the columns past the last full block came out
+            # wrong, so such shapes take the Triton kernel.
+            if k % 128 == 0 and n % 128 == 0 and self._blockwise_path(a.device) == "cublas":
                 try:
                     od = out_dtype if direct else torch.float32
                     out = self._cublas(a.data, b.data, sa, sb, mode, od, False)

@@ -384,6 +384,9 @@ def _specs(env: Env) -> list[GemmSpec]:
             specs.append(
                 replace(base, ga=gpair[0], gb=gpair[1], m=128, k=128, n=128, layout=layout)
             )
+        # K a multiple of 128 and N not: a partial last 128x128 weight block, on a shape a
+        # kernel may take its fast path for (N = 160 once gave wrong columns past 128).
+        specs.append(replace(base, ga=gpair[0], gb=gpair[1], m=48, k=256, n=160))
         if env.full:
             for m, k, n in ((37, 200, 45), (1, 129, 1), (130, 257, 17)):
                 specs.append(replace(base, ga=gpair[0], gb=gpair[1], m=m, k=k, n=n, data="codes"))
