@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +181,27 @@ def reference_gemm_calls(monkeypatch):
 
     monkeypatch.setattr(backend, "scaled_mm", recording)
     return backend, calls, declare
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n or 1)
+
+
+def pytest_configure(config):
+    """One torch thread per usable CPU, here and in the processes the tests start: more
+    threads than CPUs spin-wait on each other, and the many small kernels of the suite
+    then slow down many-fold (seen on a loaded 2-core machine)."""
+    import torch
+
+    n = _usable_cpus()
+    if torch.get_num_threads() > n:
+        torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
