@@ -48,7 +48,7 @@ import functools
 import importlib
 import importlib.metadata
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -59,13 +59,18 @@ from portable_fp8.numerics.cast import as_fp8_tensor, round_to_codes
 from portable_fp8.numerics.formats import Format
 from portable_fp8.numerics.gemm import FP32_ACCUMULATOR
 from portable_fp8.numerics.granularity import Granularity, as_2d_shape
-from portable_fp8.numerics.scaling import GAUDI2_HW_ALIGNED_SCALES, scale_from_amax
+from portable_fp8.numerics.scaling import scale_from_amax
 from portable_fp8.numerics.tensor import Fp8Tensor
 
+if TYPE_CHECKING:
+    from portable_fp8.nn.recipes import GemmSpec, Recipe
+
 __all__ = [
+    "GAUDI2_HW_ALIGNED_SCALES",
     "GAUDI_OPS",
     "HabanaBridge",
     "GaudiBackend",
+    "gaudi2_recipe",
     "gaudi_capabilities",
     "portable_fp8_backends",
 ]
@@ -73,7 +78,37 @@ __all__ = [
 #: The bridge ops the adapter calls (namespace ``hpu``).
 GAUDI_OPS: tuple[str, ...] = ("cast_to_fp8_v2", "cast_from_fp8", "fp8_gemm_v2")
 
+#: Quantisation scales Gaudi2's E4M3 path applies without extra work: 2**(bias - 7) for the
+#: exponent biases {3, 7, 11, 15} (Intel Neural Compressor, fp8_quant ``EXP_BIAS_SETS``).
+#: Gaudi3 accepts any power of two.
+GAUDI2_HW_ALIGNED_SCALES: tuple[float, ...] = (2.0**-4, 1.0, 2.0**4, 2.0**8)
+
 Generation = Literal["gaudi2", "gaudi3"]
+
+
+def gaudi2_recipe(recipe: Recipe | None = None) -> Recipe:
+    """The Gaudi2 variant of a tensorwise recipe (default :class:`CurrentScaling`): every
+    ``e4m3fn`` operand becomes ``e4m3_gaudi2`` (E4M3FN codes, +-240), and the scales are
+    rounded down into :data:`GAUDI2_HW_ALIGNED_SCALES`. It runs on any backend that casts
+    ``e4m3_gaudi2`` (``reference`` and ``cpu`` emulate a Gaudi2 with it)."""
+    from portable_fp8.nn.recipes import CurrentScaling  # the model layer, on first use
+
+    recipe = recipe if recipe is not None else CurrentScaling()
+
+    def _swap(spec: GemmSpec) -> GemmSpec:
+        a = "e4m3_gaudi2" if spec.a_format == "e4m3fn" else spec.a_format
+        b = "e4m3_gaudi2" if spec.b_format == "e4m3fn" else spec.b_format
+        return dataclasses.replace(spec, a_format=a, b_format=b)
+
+    return dataclasses.replace(
+        recipe,
+        forward=_swap(recipe.forward),
+        dgrad=_swap(recipe.dgrad),
+        wgrad=_swap(recipe.wgrad),
+        scale_choices=GAUDI2_HW_ALIGNED_SCALES,
+    )
+
+
 SrMode = Literal["explicit_bits", "device"]
 
 _SR_ENV = "PORTABLE_FP8_GAUDI_SR"

@@ -16,12 +16,17 @@ import _gaudi_standin as standin
 import pytest
 import torch
 from _gaudi_standin import ops as standin_ops
-from portable_fp8.backends.gaudi import GaudiBackend, HabanaBridge, gaudi_capabilities
+from portable_fp8.backends.gaudi import (
+    GAUDI2_HW_ALIGNED_SCALES,
+    GaudiBackend,
+    HabanaBridge,
+    gaudi_capabilities,
+)
 
 import portable_fp8 as fp8
 from portable_fp8.numerics.formats import get_format
 from portable_fp8.numerics.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
-from portable_fp8.numerics.scaling import GAUDI2_HW_ALIGNED_SCALES, reciprocal
+from portable_fp8.numerics.scaling import reciprocal
 
 pytestmark = pytest.mark.skipif(
     standin.real_bridge_present(), reason="a real habana_frameworks is installed"

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from portable_fp8.backends.gaudi import GAUDI2_HW_ALIGNED_SCALES, gaudi2_recipe
 from torch import nn
 
 import portable_fp8 as fp8
@@ -192,8 +193,8 @@ def test_recipe_scales_current_static_gaudi2():
     got = pn.Linear.from_linear(lin, static, backend="reference")(x)
     assert torch.equal(got, _expected_forward(x, w, b, "e4m3fn", "e4m3fn", 4.0, 64.0))
 
-    choices = pn.GAUDI2_HW_ALIGNED_SCALES
-    got = pn.Linear.from_linear(lin, pn.gaudi2(), backend="reference")(x)
+    choices = GAUDI2_HW_ALIGNED_SCALES
+    got = pn.Linear.from_linear(lin, gaudi2_recipe(), backend="reference")(x)
     sx = round_scale_to_choices(_s(g2, x), choices)
     sw = round_scale_to_choices(_s(g2, w), choices)
     assert sx.item() in choices and sw.item() in choices
@@ -363,7 +364,7 @@ def test_convert_swaps_and_skips_with_reasons(monkeypatch):
     assert report.converted == [] and "rowwise" in report.skipped[""]
 
 
-def test_convert_hints_at_gaudi2_recipe():
+def test_convert_names_the_formats_the_backend_casts_to():
     class Gaudi2Like(_PickyBackend):
         name = "gaudi2like"
 
@@ -376,8 +377,8 @@ def test_convert_hints_at_gaudi2_recipe():
             )
 
     why = unsupported_reason(Gaudi2Like(), pn.CurrentScaling(), 32, 32)
-    assert "gaudi2(recipe)" in why
-    assert unsupported_reason(Gaudi2Like(), pn.gaudi2(), 32, 32) is None
+    assert "e4m3fn" in why and "(it casts to e4m3_gaudi2, e5m2: use a recipe of those)" in why
+    assert unsupported_reason(Gaudi2Like(), gaudi2_recipe(), 32, 32) is None
 
 
 def test_convert_root_linear_and_multihead_attention():
@@ -636,7 +637,7 @@ def test_partial_gradients_match_full(backend):
 
 def test_fast_accum_only_in_the_gemms_whose_spec_asks(reference_gemm_calls):
     """GemmSpec(fast_accum=True) reaches the backend for that GEMM only (through the custom
-    op and the op layer), and survives gaudi2()'s format swap."""
+    op and the op layer), and survives gaudi2_recipe()'s format swap."""
     from portable_fp8.backends.nvidia import HOPPER_FAST_ACCUMULATOR
 
     _, seen, declare = reference_gemm_calls
@@ -648,7 +649,7 @@ def test_fast_accum_only_in_the_gemms_whose_spec_asks(reference_gemm_calls):
         x = torch.randn(16, 256, requires_grad=True)
         layer(x).sum().backward()
         assert seen == [True, False, False], recipe  # forward, dgrad, wgrad
-    assert pn.gaudi2(pn.CurrentScaling(forward=fast_fwd)).forward.fast_accum
+    assert gaudi2_recipe(pn.CurrentScaling(forward=fast_fwd)).forward.fast_accum
 
 
 # -- faults and bad input -------------------------------------------------------------------
@@ -706,7 +707,7 @@ def test_recipe_margin_and_power_of_two_are_checked():
     with pytest.raises(Fp8ValueError, match="margin must be in \\[0, 6\\] for e4m3fn"):
         pn.CurrentScaling(margin=7)
     with pytest.raises(Fp8ValueError, match="margin must be in \\[0, 5\\] for e4m3_gaudi2"):
-        pn.gaudi2(pn.CurrentScaling(margin=6))
+        gaudi2_recipe(pn.CurrentScaling(margin=6))
     for margin in (None, "1", 1.0, True):
         with pytest.raises(Fp8TypeError, match="margin must be an int"):
             pn.DelayedScaling(margin=margin)

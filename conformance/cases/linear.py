@@ -53,6 +53,7 @@ from functools import partial
 from typing import Any
 
 import torch
+from portable_fp8.backends.gaudi import gaudi2_recipe
 from portable_fp8.backends.reference import ReferenceBackend
 from torch import nn
 
@@ -67,7 +68,6 @@ from portable_fp8.nn.recipes import (
     GemmSpec,
     Recipe,
     StaticScaling,
-    gaudi2,
 )
 from portable_fp8.numerics.cast import codes_of, codes_to_float
 from portable_fp8.numerics.gemm import FP32_ACCUMULATOR, abs_product_sum, gemm_error_bound
@@ -109,7 +109,7 @@ LINEAR_RECIPES: dict[str, tuple[Callable[[], Recipe], str]] = {
     ),
     "blockwise": (Blockwise, "blockwise: 1x128 A blocks, 128x128 B blocks"),
     "gaudi2": (
-        lambda: gaudi2(CurrentScaling()),
+        lambda: gaudi2_recipe(CurrentScaling()),
         "Gaudi2 variant of current scaling (e4m3_gaudi2, hardware-aligned scales)",
     ),
     "fast-accum": (

@@ -10,14 +10,12 @@
 from .convert import ConversionReport, convert
 from .linear import Linear
 from .recipes import (
-    GAUDI2_HW_ALIGNED_SCALES,
     Blockwise,
     CurrentScaling,
     DelayedScaling,
     GemmSpec,
     Recipe,
     StaticScaling,
-    gaudi2,
 )
 
 __all__ = [
@@ -25,11 +23,9 @@ __all__ = [
     "ConversionReport",
     "CurrentScaling",
     "DelayedScaling",
-    "GAUDI2_HW_ALIGNED_SCALES",
     "GemmSpec",
     "Linear",
     "Recipe",
     "StaticScaling",
     "convert",
-    "gaudi2",
 ]

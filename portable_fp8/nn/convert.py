@@ -17,6 +17,7 @@ from torch import nn
 
 from ..dispatch.backend import Backend
 from ..dispatch.registry import select_backend
+from ..numerics.formats import element_formats
 from .linear import Linear
 from .recipes import CurrentScaling, Recipe
 
@@ -67,10 +68,11 @@ def unsupported_reason(
         for fmt in (spec.a_format, spec.b_format):
             why = caps.why_not_cast(device, fmt)
             if why is not None:
-                hint = ""
-                if fmt == "e4m3fn" and caps.why_not_cast(device, "e4m3_gaudi2") is None:
-                    hint = " (a Gaudi2: use portable_fp8.nn.gaudi2(recipe))"
-                return f"backend {backend.name!r} does not support {why}{hint}"
+                castable = sorted(
+                    f.name for f in element_formats() if caps.why_not_cast(device, f) is None
+                )
+                hint = f" (it casts to {', '.join(castable)}: use a recipe of those)"
+                return f"backend {backend.name!r} does not support {why}{hint if castable else ''}"
     for gran in (a_gran, w_gran):
         why = caps.why_not_scaling(device, gran)
         if why is not None:

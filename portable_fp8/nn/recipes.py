@@ -30,13 +30,12 @@ Recipes:
   128x128 blocks for the B operands. Protects against outliers inside a tensor.
 
 Any recipe can round its scales down to powers of two (``power_of_two=True``: scaling is then
-exact) or to a fixed set (``scale_choices``, e.g. :data:`GAUDI2_HW_ALIGNED_SCALES`; tensorwise
-recipes only); :func:`gaudi2` makes the Gaudi2 variant of a recipe.
+exact) or to a fixed set (``scale_choices``, tensorwise recipes only). Vendor variants live
+with their backend: ``portable_fp8.backends.gaudi.gaudi2_recipe`` makes Gaudi2's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,7 +44,7 @@ import torch
 from ..errors import Fp8TypeError, Fp8ValueError
 from ..numerics.formats import get_format
 from ..numerics.granularity import Granularity, get_granularity
-from ..numerics.scaling import GAUDI2_HW_ALIGNED_SCALES, check_margin
+from ..numerics.scaling import check_margin
 
 __all__ = [
     "GemmSpec",
@@ -54,8 +53,6 @@ __all__ = [
     "DelayedScaling",
     "StaticScaling",
     "Blockwise",
-    "GAUDI2_HW_ALIGNED_SCALES",
-    "gaudi2",
     "ROLES",
 ]
 
@@ -240,23 +237,3 @@ class Blockwise(Recipe):
 
     def granularities(self) -> tuple[Granularity, Granularity]:
         return get_granularity("block_1x128"), get_granularity("block_128x128")
-
-
-def gaudi2(recipe: Recipe | None = None) -> Recipe:
-    """The Gaudi2 variant of a tensorwise recipe: E4M3 with Gaudi2's +-240 range and scales
-    rounded down to the hardware-aligned set :data:`GAUDI2_HW_ALIGNED_SCALES`."""
-    recipe = recipe if recipe is not None else CurrentScaling()
-    g = "e4m3_gaudi2"
-
-    def _swap(spec: GemmSpec) -> GemmSpec:
-        a = g if spec.a_format == "e4m3fn" else spec.a_format
-        b = g if spec.b_format == "e4m3fn" else spec.b_format
-        return dataclasses.replace(spec, a_format=a, b_format=b)
-
-    return dataclasses.replace(
-        recipe,
-        forward=_swap(recipe.forward),
-        dgrad=_swap(recipe.dgrad),
-        wgrad=_swap(recipe.wgrad),
-        scale_choices=GAUDI2_HW_ALIGNED_SCALES,
-    )

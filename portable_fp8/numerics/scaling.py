@@ -33,7 +33,6 @@ from ..errors import Fp8TypeError, Fp8ValueError
 from .formats import Format
 
 __all__ = [
-    "GAUDI2_HW_ALIGNED_SCALES",
     "scale_from_amax",
     "round_scale_to_power_of_two",
     "round_scale_to_choices",
@@ -43,10 +42,6 @@ __all__ = [
     "check_margin",
 ]
 
-#: Quantisation scales Gaudi2's E4M3 path applies without extra work: 2**(bias - 7) for the
-#: exponent biases {3, 7, 11, 15} (Intel Neural Compressor, fp8_quant ``EXP_BIAS_SETS``).
-#: Gaudi3 accepts any power of two.
-GAUDI2_HW_ALIGNED_SCALES: tuple[float, ...] = (2.0**-4, 1.0, 2.0**4, 2.0**8)
 
 _MAX_SCALE = 2.0**127
 
