@@ -319,14 +319,15 @@ def element_formats() -> tuple[Format, ...]:
 def get_format(spec: str | torch.dtype | Format) -> Format:
     """Return the :class:`Format` named by ``spec`` (a name, a torch dtype or a Format).
 
-    A torch dtype maps to the format it stores by default (``torch.float8_e4m3fn`` is OCP
-    E4M3FN, never Gaudi2's range-limited variant, which must be asked for by name).
+    A torch dtype maps to the first format of :data:`FORMATS` stored in it: the dtype's own
+    format, registered before any range-limited variant that shares its bits
+    (``torch.float8_e4m3fn`` is OCP E4M3FN; ``e4m3_gaudi2`` must be asked for by name).
     """
     if isinstance(spec, Format):
         return spec
     if isinstance(spec, torch.dtype):
         for fmt in FORMATS.values():
-            if fmt is not E4M3_GAUDI2 and getattr(torch, fmt.torch_dtype_name, None) == spec:
+            if getattr(torch, fmt.torch_dtype_name, None) == spec:
                 return fmt
         raise UnknownFormatError(f"{spec} is not an FP8 dtype; known formats: {', '.join(FORMATS)}")
     if isinstance(spec, str):
