@@ -155,9 +155,7 @@ class Recipe:
     def _validate(self) -> None:
         for gemm in ("forward", "dgrad"):
             if not self.gemms()[gemm].quantized:
-                raise Fp8ValueError(
-                    f"{gemm}: only the wgrad GEMM may be GemmSpec.high_precision()"
-                )
+                raise Fp8ValueError(f"{gemm}: only the wgrad GEMM may be GemmSpec.high_precision()")
         for spec in self.gemms().values():
             for name in spec.formats():
                 check_margin(self.margin, get_format(name))
