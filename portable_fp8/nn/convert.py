@@ -37,7 +37,10 @@ class ConversionReport:
     """What :func:`convert` did: layer names (fully qualified, ``""`` for a root Linear)
     converted, skipped by the backend check (name -> why), and excluded by the filter.
 
-    Reach it as ``model.fp8_conversion`` on the model :func:`convert` returned.
+    Reach it as ``model.fp8_conversion`` on the model :func:`convert` returned. It holds no
+    reference back to the model (the ``model`` field it once had is gone): the model holds
+    it, and a cycle would keep a deleted model's memory alive until the garbage collector
+    ran.
     """
 
     backend: str
