@@ -96,6 +96,8 @@ def gaudi2_recipe(recipe: Recipe | None = None) -> Recipe:
     recipe = recipe if recipe is not None else CurrentScaling()
 
     def _swap(spec: GemmSpec) -> GemmSpec:
+        if not spec.quantized:  # a high-precision GEMM stays one
+            return spec
         a = "e4m3_gaudi2" if spec.a_format == "e4m3fn" else spec.a_format
         b = "e4m3_gaudi2" if spec.b_format == "e4m3fn" else spec.b_format
         return dataclasses.replace(spec, a_format=a, b_format=b)

@@ -75,7 +75,7 @@ def _make(name: str, base: nn.Module, backend: str | None) -> tuple[nn.Module, s
         import torchao
 
         return model, f"torchao {torchao.__version__}"
-    report = fp8nn.convert(model, _OURS[name](), backend=backend)
+    report = fp8nn.convert(model, _OURS[name](), backend=backend).fp8_conversion
     if report.skipped:
         raise RuntimeError(str(report))
     return model, f"backend {report.backend}"

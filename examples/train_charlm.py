@@ -184,9 +184,10 @@ def train(
     model = GPT(cfg).to(device)
     report = None
     if fp8_recipe is not None:
-        report = fp8nn.convert(
-            model, fp8_recipe, backend=backend, module_filter=lambda name, m: name != "head"
+        model = fp8nn.convert(
+            model, fp8_recipe, backend=backend, module_filter_fn=lambda m, fqn: fqn != "head"
         )
+        report = model.fp8_conversion
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step_fn = torch.compile(model) if compile else model
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bf16")

@@ -34,6 +34,7 @@ from .errors import (
     NotSupportedError,
     UnknownBackendError,
     UnknownFormatError,
+    UnknownRecipeError,
 )
 from .nn import convert
 from .numerics.formats import FORMATS, Format, get_format
@@ -59,6 +60,7 @@ __all__ = [
     "NotSupportedError",
     "UnknownBackendError",
     "UnknownFormatError",
+    "UnknownRecipeError",
     "cast_from_fp8",
     "cast_to_fp8",
     "compute_amax",

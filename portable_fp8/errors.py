@@ -13,6 +13,7 @@ __all__ = [
     "Fp8TypeError",
     "UnknownFormatError",
     "UnknownBackendError",
+    "UnknownRecipeError",
     "BackendUnavailableError",
     "NotSupportedError",
 ]
@@ -36,6 +37,11 @@ class UnknownFormatError(Fp8ValueError):
 
 class UnknownBackendError(Fp8ValueError):
     """A backend name that no registered plugin provides; the message lists the known ones."""
+
+
+class UnknownRecipeError(Fp8ValueError):
+    """A recipe name (e.g. torchao's ``from_recipe_name``) that portable-fp8 does not map; the
+    message lists the known ones."""
 
 
 class BackendUnavailableError(Fp8Error):

@@ -319,6 +319,103 @@ def test_token_padding_changes_nothing(monkeypatch):
         assert torch.equal(grads[-1], grads[-2])
 
 
+# -- high-precision wgrad -------------------------------------------------------------------
+
+
+def test_high_precision_gemm_spec_validation():
+    hp = pn.GemmSpec.high_precision()
+    assert not hp.quantized and hp.formats() == ()
+    with pytest.raises(Fp8ValueError, match="both operand formats"):
+        pn.GemmSpec("e5m2", None)
+    with pytest.raises(Fp8ValueError, match="fast_accum"):
+        pn.GemmSpec(None, None, fast_accum=True)
+    for gemm in ("forward", "dgrad"):
+        with pytest.raises(Fp8ValueError, match="only the wgrad"):
+            pn.CurrentScaling(**{gemm: hp})
+    # A tensorwise recipe with an HP wgrad needs no format agreement with wgrad.
+    pn.CurrentScaling(dgrad=pn.GemmSpec("e4m3fn", "e4m3fn"), wgrad=hp)
+    assert gaudi2_recipe(pn.CurrentScaling(wgrad=hp)).wgrad == hp
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        pn.CurrentScaling(wgrad=pn.GemmSpec.high_precision()),
+        pn.CurrentScaling(granularity="rowwise", wgrad=pn.GemmSpec.high_precision()),
+        pn.DelayedScaling(history_len=2, wgrad=pn.GemmSpec.high_precision()),
+    ],
+    ids=["tensorwise", "rowwise", "delayed"],
+)
+def test_high_precision_wgrad_is_the_plain_matmul_exactly(backend, recipe):
+    """With wgrad=GemmSpec.high_precision(), dW is exactly torch.mm(dy^T, x) in the
+    activation dtype (the same op on the same values: bit-identical), while forward and
+    dgrad are the FP8 GEMMs of the same recipe with an FP8 wgrad."""
+    torch.manual_seed(21)
+    lin = nn.Linear(32, 24)
+    x = torch.randn(3, 5, 32)
+    g = torch.randn(3, 5, 24)
+    fp8_wgrad = dataclasses.replace(recipe, wgrad=pn.GemmSpec("e5m2", "e4m3fn"))
+    results = []
+    for r in (recipe, fp8_wgrad):
+        layer = pn.Linear.from_linear(lin, recipe=r, backend=backend)
+        lin.weight.grad = lin.bias.grad = None
+        xq = x.clone().requires_grad_()
+        y = layer(xq)
+        y.backward(g)
+        results.append((y.detach(), xq.grad, lin.weight.grad.clone()))
+    (y_hp, dx_hp, dw_hp), (y_q, dx_q, dw_q) = results
+    want = torch.mm(g.reshape(-1, 24).t(), x.reshape(-1, 32))
+    assert torch.equal(dw_hp, want)
+    assert not torch.equal(dw_q, want)  # the FP8 wgrad is not the plain matmul
+    assert torch.equal(y_hp, y_q) and torch.equal(dx_hp, dx_q)
+
+
+def test_high_precision_wgrad_runs_in_the_activation_dtype():
+    """The HP wgrad is a bf16 matmul for bf16 activations, whether the model is bf16 or has
+    fp32 master weights under bf16 autocast (then rounded, exactly, to the fp32 gradient)."""
+    torch.manual_seed(22)
+    recipe = pn.CurrentScaling(wgrad=pn.GemmSpec.high_precision())
+    x = torch.randn(8, 32)
+    g = torch.randn(8, 16, dtype=torch.bfloat16)
+    want = torch.mm(g.t(), x.to(torch.bfloat16))  # bf16 in, bf16 out
+
+    lin = nn.Linear(32, 16).to(torch.bfloat16)
+    pn.Linear.from_linear(lin, recipe=recipe, backend="reference")(x.bfloat16()).backward(g)
+    assert lin.weight.grad.dtype == torch.bfloat16 and torch.equal(lin.weight.grad, want)
+
+    master = nn.Linear(32, 16)  # fp32 weights
+    layer = pn.Linear.from_linear(master, recipe=recipe, backend="reference")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.backward(g)
+    assert master.weight.grad.dtype == torch.float32
+    assert torch.equal(master.weight.grad, want.float())
+
+
+def test_convert_checks_no_formats_for_a_high_precision_wgrad():
+    """Only the FP8 GEMMs' formats are asked for: a backend without E5M2 takes a rowwise
+    recipe whose only E5M2 use was the wgrad GEMM once that GEMM is high precision."""
+
+    class NoE5M2(_PickyBackend):
+        def __init__(self):
+            super().__init__()
+            self.capabilities = dataclasses.replace(
+                self.capabilities,
+                cast_formats=frozenset({"e4m3fn"}),
+                gemm_formats=frozenset({("e4m3fn", "e4m3fn")}),
+                granularities=frozenset({"rowwise", "columnwise"}),
+                gemm_granularities=frozenset({("rowwise", "columnwise")}),
+            )
+
+    e4m3 = pn.GemmSpec("e4m3fn", "e4m3fn")
+    fp8_wgrad = pn.CurrentScaling(granularity="rowwise", dgrad=e4m3)  # wgrad E5M2 x E4M3
+    assert "e5m2" in unsupported_reason(NoE5M2(), fp8_wgrad, 32, 32)
+    hp = dataclasses.replace(fp8_wgrad, wgrad=pn.GemmSpec.high_precision())
+    assert unsupported_reason(NoE5M2(), hp, 32, 32) is None
+
+
 # -- convert ---------------------------------------------------------------------------------
 
 
@@ -349,7 +446,10 @@ def test_convert_swaps_and_skips_with_reasons(monkeypatch):
 
     monkeypatch.setattr(conv, "select_backend", lambda name, device: _PickyBackend())
     with pytest.warns(UserWarning, match="multiples of 16; got K=64, N=20"):
-        report = pn.convert(model, module_filter=lambda name, m: name != "head")
+        out = pn.convert(model, module_filter_fn=lambda m, fqn: fqn != "head")
+    assert out is model  # converted in place, and returned
+    report = model.fp8_conversion
+    assert isinstance(report, pn.ConversionReport) and report.backend == "picky"
     assert report.converted == ["0"]
     assert set(report.skipped) == {"2", "3.0"}
     assert "multiples of 16" in report.skipped["2"]
@@ -360,7 +460,10 @@ def test_convert_swaps_and_skips_with_reasons(monkeypatch):
     assert "skipped 2:" in str(report)
 
     with pytest.warns(UserWarning, match="does not support rowwise scaling"):
-        report = pn.convert(nn.Linear(32, 32), pn.CurrentScaling(granularity="rowwise"))
+        root = nn.Linear(32, 32)
+        out = pn.convert(root, pn.CurrentScaling(granularity="rowwise"))
+    assert out is root and type(out) is nn.Linear  # skipped: the root Linear itself
+    report = out.fp8_conversion
     assert report.converted == [] and "rowwise" in report.skipped[""]
 
 
@@ -382,12 +485,51 @@ def test_convert_names_the_formats_the_backend_casts_to():
 
 
 def test_convert_root_linear_and_multihead_attention():
-    report = pn.convert(nn.Linear(8, 8), backend="reference")
-    assert isinstance(report.model, pn.Linear) and report.converted == [""]
+    root = nn.Linear(8, 8)
+    new = pn.convert(root, backend="reference")
+    assert isinstance(new, pn.Linear) and new.weight is root.weight  # the replacement
+    assert type(root) is nn.Linear and new.fp8_conversion.converted == [""]
     mha = nn.Sequential(nn.MultiheadAttention(16, 2))
     with pytest.warns(UserWarning, match="out_proj"):
-        report = pn.convert(mha, backend="reference")
-    assert "0.out_proj" in report.skipped
+        mha = pn.convert(mha, backend="reference")
+    assert "0.out_proj" in mha.fp8_conversion.skipped
+
+
+def test_convert_filter_is_module_then_fqn_and_the_old_one_is_deprecated():
+    """module_filter_fn(module, fqn) sees every nn.Linear once, with its fully qualified name
+    (torchao's convention); module_filter(name, module) still works, with a warning."""
+
+    def build():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Sequential(nn.Linear(16, 16)), nn.ReLU(), nn.Linear(16, 16))
+
+    seen = []
+
+    def keep(module, fqn):
+        seen.append((type(module), fqn))
+        return fqn != "2"
+
+    model = pn.convert(build(), module_filter_fn=keep, backend="reference")
+    assert seen == [(nn.Linear, "0.0"), (nn.Linear, "2")]
+    assert model.fp8_conversion.converted == ["0.0"]
+    assert model.fp8_conversion.excluded == ["2"]
+
+    with pytest.warns(DeprecationWarning, match="module_filter_fn"):
+        old = pn.convert(build(), module_filter=lambda name, m: name != "2", backend="reference")
+    assert old.fp8_conversion.converted == ["0.0"] and old.fp8_conversion.excluded == ["2"]
+    assert isinstance(old[0][0], pn.Linear) and type(old[2]) is nn.Linear
+
+    with pytest.raises(fp8.Fp8TypeError, match="module_filter_fn"):
+        pn.convert(build(), module_filter_fn=keep, module_filter=lambda n, m: True)
+
+
+def test_convert_report_replaces_an_earlier_one():
+    model = nn.Sequential(nn.Linear(16, 16))
+    model = pn.convert(model, backend="reference")
+    assert model.fp8_conversion.converted == ["0"]
+    model = pn.convert(model, backend="reference")  # nothing left to convert
+    assert model.fp8_conversion.converted == [] and isinstance(model[0], pn.Linear)
+    assert "fp8_conversion" not in model.state_dict()
 
 
 # -- state_dict across backends ---------------------------------------------------------------
@@ -543,7 +685,7 @@ def test_compile_fullgraph_cuda():
     model = nn.Sequential(
         nn.Linear(256, 512, bias=False), nn.ReLU(), nn.Linear(512, 256, bias=False)
     ).cuda()
-    report = pn.convert(model)
+    report = pn.convert(model).fp8_conversion
     assert report.backend in ("cuda", "triton") and len(report.converted) == 2
     x = torch.randn(64, 256, device="cuda")
     explain = torch._dynamo.explain(model)(x)

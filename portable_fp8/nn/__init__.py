@@ -2,9 +2,11 @@
 
 >>> import torch, portable_fp8 as fp8
 >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
->>> report = fp8.nn.convert(model, recipe=fp8.nn.CurrentScaling())
+>>> model = fp8.nn.convert(model, recipe=fp8.nn.CurrentScaling())
 >>> type(model[0]).__name__
 'Linear'
+>>> model.fp8_conversion.converted
+['0']
 """
 
 from .convert import ConversionReport, convert

@@ -1,10 +1,15 @@
-"""``convert(model)``: swap a model's ``torch.nn.Linear`` layers for FP8 ones, in place.
+"""``model = convert(model)``: swap a model's ``torch.nn.Linear`` layers for FP8 ones, in place.
 
 Each candidate layer is checked against the capabilities the backend declares (formats, cast
 granularities, GEMM granularity pairs, explicit output dtypes, the multiple that K and N must
 be); a layer the backend cannot take is left as it is and listed, with the reason, in the
-returned :class:`ConversionReport` (and in a warning). The new layers share the old layers'
-Parameter objects, so an optimizer built before the conversion keeps working.
+:class:`ConversionReport` that the returned model carries as ``model.fp8_conversion`` (and in
+a warning). The new layers share the old layers' Parameter objects, so an optimizer built
+before the conversion keeps working.
+
+The filter is torchao's: ``module_filter_fn(module, fqn)`` returning False keeps a layer in
+high precision. The older ``module_filter(name, module)`` still works, with a
+DeprecationWarning.
 """
 
 from __future__ import annotations
@@ -17,18 +22,28 @@ from torch import nn
 
 from ..dispatch.backend import Backend
 from ..dispatch.registry import select_backend
+from ..errors import Fp8TypeError
 from ..numerics.formats import element_formats
 from .linear import Linear
 from .recipes import CurrentScaling, Recipe
 
-__all__ = ["ConversionReport", "convert", "unsupported_reason"]
+__all__ = ["REPORT_ATTRIBUTE", "ConversionReport", "convert", "unsupported_reason"]
+
+#: The attribute of the model returned by :func:`convert` that holds its ConversionReport.
+REPORT_ATTRIBUTE = "fp8_conversion"
 
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert` did: layer names converted, skipped (with why), and excluded."""
+    """What :func:`convert` did: layer names (fully qualified, ``""`` for a root Linear)
+    converted, skipped by the backend check (name -> why), and excluded by the filter.
 
-    model: nn.Module
+    Reach it as ``model.fp8_conversion`` on the model :func:`convert` returned. It holds no
+    reference back to the model (the ``model`` field it once had is gone): the model holds
+    it, and a cycle would keep a deleted model's memory alive until the garbage collector
+    ran.
+    """
+
     backend: str
     recipe: Recipe
     converted: list[str] = field(default_factory=list)
@@ -65,7 +80,7 @@ def unsupported_reason(
     a_gran, b_gran = recipe.granularities()
     w_gran = b_gran.transposed()
     for spec in recipe.gemms().values():
-        for fmt in (spec.a_format, spec.b_format):
+        for fmt in spec.formats():  # none for a high-precision GEMM: plain torch
             why = caps.why_not_cast(device, fmt)
             if why is not None:
                 castable = sorted(
@@ -78,6 +93,8 @@ def unsupported_reason(
         if why is not None:
             return f"backend {backend.name!r} does not support {why}"
     for gemm, spec in recipe.gemms().items():
+        if not spec.quantized:
+            continue
         # out_dtype None (the activation dtype) is not known here: checked when it runs
         why = caps.why_not_gemm(
             device, spec.a_format, spec.b_format, a_gran, b_gran, spec.out_dtype
@@ -90,31 +107,62 @@ def unsupported_reason(
     return None
 
 
+def _filter_fn(
+    module_filter_fn: Callable[[nn.Module, str], bool] | None,
+    module_filter: Callable[[str, nn.Module], bool] | None,
+) -> Callable[[nn.Module, str], bool] | None:
+    """The one ``(module, fqn)`` filter, from torchao's keyword or the deprecated one."""
+    if module_filter is None:
+        return module_filter_fn
+    if module_filter_fn is not None:
+        raise Fp8TypeError(
+            "convert: pass module_filter_fn(module, fqn) only; module_filter(name, module) "
+            "is its deprecated form"
+        )
+    warnings.warn(
+        "portable_fp8.convert: module_filter(name, module) is deprecated; pass "
+        "module_filter_fn(module, fqn) (torchao's name and argument order)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return lambda module, fqn: module_filter(fqn, module)
+
+
 def convert(
     model: nn.Module,
     recipe: Recipe | None = None,
     *,
-    module_filter: Callable[[str, nn.Linear], bool] | None = None,
+    module_filter_fn: Callable[[nn.Module, str], bool] | None = None,
     backend: str | None = None,
-) -> ConversionReport:
-    """Replace every ``nn.Linear`` in ``model`` that the backend can take by an FP8 Linear.
+    module_filter: Callable[[str, nn.Module], bool] | None = None,
+) -> nn.Module:
+    """Replace every ``nn.Linear`` in ``model`` that the backend can take by an FP8 Linear,
+    in place, and return the model (``model = convert(model)``, as with torchao).
 
-    ``module_filter(name, module)`` returning False keeps a layer in high precision (for
-    example the output head). ``backend`` names the backend to check (and pin in the new
+    If ``model`` itself is an ``nn.Linear``, its replacement is returned (the argument is
+    left as it was). The returned model's ``fp8_conversion`` attribute is the
+    :class:`ConversionReport` of this call: what was converted, skipped by the backend check
+    (with why; also warned) and excluded by the filter.
+
+    ``module_filter_fn(module, fqn)`` returning False keeps a layer in high precision (for
+    example the output head); it is called for each ``nn.Linear`` with its fully qualified
+    name (``""`` for a root Linear), as torchao's ``convert_to_float8_training`` calls its
+    filter. ``module_filter(name, module)`` is the deprecated form (arguments the other way
+    round; DeprecationWarning). ``backend`` names the backend to check (and pin in the new
     layers); None checks the one the registry chooses now for the model's device (convert
     after moving the model to its device). Layers inside ``nn.MultiheadAttention`` are
-    skipped: it reads their weights directly instead of calling them. If ``model`` itself
-    is a Linear, the replacement is ``report.model``.
+    skipped: it reads their weights directly instead of calling them.
     """
+    keep = _filter_fn(module_filter_fn, module_filter)
     recipe = recipe if recipe is not None else CurrentScaling()
     params = list(model.parameters())
     device_type = params[0].device.type if params else "cpu"
     chosen = select_backend(backend, device_type)
-    report = ConversionReport(model=model, backend=chosen.name, recipe=recipe)
+    report = ConversionReport(backend=chosen.name, recipe=recipe)
 
     def visit(name: str, module: nn.Module) -> nn.Module:
         if isinstance(module, nn.Linear) and not isinstance(module, Linear):
-            if module_filter is not None and not module_filter(name, module):
+            if keep is not None and not keep(module, name):
                 report.excluded.append(name)
                 return module
             why = unsupported_reason(
@@ -136,11 +184,12 @@ def convert(
                 setattr(module, child_name, new)
         return module
 
-    report.model = visit("", model)
+    model = visit("", model)
+    setattr(model, REPORT_ATTRIBUTE, report)
     if report.skipped:
         warnings.warn(
             "portable_fp8.nn.convert kept these Linear layers in high precision:\n"
             + "\n".join(f"  {n}: {w}" for n, w in report.skipped.items()),
             stacklevel=2,
         )
-    return report
+    return model

@@ -10,6 +10,10 @@ Contract (per call, with ``x`` of shape (..., in) flattened to M x K and W of sh
   ``wgrad.out_dtype`` (default: the weight's dtype); ``dbias`` summed in fp32.
 * A GEMM whose spec has ``fast_accum=True`` may run with the backend's declared fast
   accumulator (see :func:`portable_fp8.scaled_mm`); by default none does.
+* A high-precision wgrad (``wgrad=GemmSpec.high_precision()``) is ``dW = dy^T x`` by
+  ``torch.mm`` of the unquantised dy and x, both in the activation dtype, rounded to
+  ``wgrad.out_dtype`` (default: the weight's dtype); x is then saved for the backward pass
+  in its own dtype instead of as FP8 codes, and no transposed codes of x or dy are written.
 * Weights stay in their own (master) dtype; only the GEMM operands are FP8. Tensorwise recipes
   cast x, W and dy once each with :func:`portable_fp8.quantize_transpose`, which also writes
   the transposed codes the other GEMM needs (cuBLASLt takes FP8 operands only as row-major A
@@ -153,6 +157,13 @@ def _pad_rows(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x if extra == 0 else F.pad(x, (0, 0, 0, extra))
 
 
+def _hp_wgrad(dy2: torch.Tensor, x2: torch.Tensor, spec: GemmSpec, cfg: _Cfg, w_dtype):
+    """The unquantised wgrad ``dy^T x``: one ``torch.mm`` in the activation dtype, rounded
+    to ``spec.out_dtype`` (else ``w_dtype``). No backend is involved: nothing is FP8."""
+    dt = cfg.dtype
+    return torch.mm(dy2.t().to(dt), x2.to(dt)).to(spec.out_dtype or w_dtype)
+
+
 class _Fp8LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, cfg: _Cfg, history, scales):
@@ -163,14 +174,17 @@ class _Fp8LinearFn(torch.autograd.Function):
         fx, fw = r.forward.a_format, r.forward.b_format
         if r.tensorwise:
             # The backward pass needs x^T (wgrad's B) and W^T (dgrad's B) codes: written now,
-            # from the same read, and only where that gradient is wanted.
+            # from the same read, and only where that gradient is wanted. A high-precision
+            # wgrad needs x itself instead of x^T codes.
             need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            hp_dw = need_dw and not r.wgrad.quantized
             sx = _tensor_scale(0, x2, fx, cfg, history, scales)
-            qx, qx_t = _quantize_pair(x2, fx, sx, cfg, transposed=need_dw)
+            qx, qx_t = _quantize_pair(x2, fx, sx, cfg, transposed=need_dw and not hp_dw)
             sw = _tensor_scale(1, w, fw, cfg, history, scales)
             qw, qw_t = _quantize_pair(w, fw, sw, cfg, transposed=need_dx)
             saved = [q for q in (qx_t, qw_t) if q is not None]
-            ctx.save_for_backward(*(t for q in saved for t in (q.data, q.scale, q.scale_inv)))
+            tensors = [t for q in saved for t in (q.data, q.scale, q.scale_inv)]
+            ctx.save_for_backward(*tensors, *([x2] if hp_dw else []))
             qwt = qw.t()
         else:
             qx = _quantize(x2, fx, a_gran, None, cfg)
@@ -197,12 +211,17 @@ class _Fp8LinearFn(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).contiguous()
         mult = cfg.dim_multiple
         dx = dw = None
+        hp_dw = need_dw and not r.wgrad.quantized
         if r.tensorwise:
-            saved = list(ctx.saved_tensors)  # x^T codes if need_dw, then W^T codes if need_dx
+            # x^T codes if need_dw (x itself, last, if wgrad is high precision), then W^T
+            # codes if need_dx
+            saved = list(ctx.saved_tensors)
             fg = r.dgrad.a_format
             sg = _tensor_scale(2, dy2, fg, cfg, ctx.history, ctx.scales)
-            qdy, qdy_t = _quantize_pair(dy2, fg, sg, cfg, transposed=need_dw)
-            if need_dw:
+            qdy, qdy_t = _quantize_pair(dy2, fg, sg, cfg, transposed=need_dw and not hp_dw)
+            if hp_dw:
+                dw = _hp_wgrad(dy2, saved.pop(), r.wgrad, cfg, ctx.w_dtype)
+            elif need_dw:
                 xt = saved[:3]
                 del saved[:3]
             if need_dx:
@@ -210,7 +229,7 @@ class _Fp8LinearFn(torch.autograd.Function):
                 fw = get_format(r.dgrad.b_format)
                 qw = Fp8Tensor(w_data, w_scale, fw, TENSORWISE, w_inv).t()  # N x K, col-major
                 dx = _mm(qdy, qw, r.dgrad, ctx.x_dtype, cfg)
-            if need_dw:
+            if need_dw and not hp_dw:
                 fx = get_format(r.wgrad.b_format)
                 qx = Fp8Tensor(xt[0], xt[1], fx, TENSORWISE, xt[2]).t()  # M x K, col-major
                 a, b = qdy_t, qx
@@ -223,7 +242,9 @@ class _Fp8LinearFn(torch.autograd.Function):
                 qdy = _quantize(dy2, r.dgrad.a_format, a_gran, None, cfg)
                 qw = _quantize_b(w.t().contiguous(), r.dgrad.b_format, b_gran, None, cfg)
                 dx = _mm(qdy, qw, r.dgrad, ctx.x_dtype, cfg)
-            if need_dw:
+            if hp_dw:
+                dw = _hp_wgrad(dy2, x2, r.wgrad, cfg, ctx.w_dtype)
+            elif need_dw:
                 dyp, xp = (_pad_rows(dy2, mult), _pad_rows(x2, mult)) if mult > 1 else (dy2, x2)
                 qdyt = _quantize(dyp.t().contiguous(), r.wgrad.a_format, a_gran, None, cfg)
                 qx = _quantize_b(xp.t().contiguous(), r.wgrad.b_format, b_gran, None, cfg)

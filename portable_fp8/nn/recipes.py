@@ -12,7 +12,8 @@ wgrad       dy^T       (out x tokens)  x    (tokens x in) e5m2 x e4m3fn
 
 E4M3 for values, E5M2 (more range, less precision) for gradients is the "hybrid" scheme of
 Micikevicius et al., *FP8 Formats for Deep Learning* (arXiv:2209.05433). Each GEMM's formats
-and output dtype can be changed with :class:`GemmSpec`.
+and output dtype can be changed with :class:`GemmSpec`; ``GemmSpec.high_precision()`` runs the
+wgrad GEMM unquantized, in the activation dtype (torchao's ``rowwise_with_gw_hp``).
 
 All scales follow the project's one convention: a scale is the quantisation multiplier
 (``q = fp8(x * s)``), see :mod:`portable_fp8.numerics.scaling`.
@@ -71,15 +72,39 @@ class GemmSpec:
     about 14 bits, not promoted to fp32; see :func:`portable_fp8.scaled_mm`). torchao turns
     it on for the forward GEMM by default; here it is off unless asked for, e.g.
     ``CurrentScaling(forward=GemmSpec("e4m3fn", "e4m3fn", fast_accum=True))``.
+
+    Both formats None (:meth:`high_precision`) means the GEMM is not quantised: a plain
+    ``torch.mm`` of the unquantised operands, both in the activation dtype, rounded to
+    ``out_dtype`` (default as above). Only the wgrad GEMM may be high precision.
     """
 
-    a_format: str
-    b_format: str
+    a_format: str | None
+    b_format: str | None
     out_dtype: torch.dtype | None = None
     fast_accum: bool = False
 
+    @classmethod
+    def high_precision(cls, out_dtype: torch.dtype | None = None) -> GemmSpec:
+        """A GEMM that runs unquantised, in the activation dtype (see the class docstring)."""
+        return cls(None, None, out_dtype=out_dtype)
+
+    @property
+    def quantized(self) -> bool:
+        """False for a :meth:`high_precision` GEMM."""
+        return self.a_format is not None
+
+    def formats(self) -> tuple[str, ...]:
+        """The operands' FP8 formats; empty for a high-precision GEMM."""
+        return (self.a_format, self.b_format) if self.quantized else ()
+
     def __post_init__(self) -> None:
-        for name in (self.a_format, self.b_format):
+        if (self.a_format is None) != (self.b_format is None):
+            raise Fp8ValueError(
+                "GemmSpec: give both operand formats, or neither (GemmSpec.high_precision())"
+            )
+        if not self.quantized and self.fast_accum:
+            raise Fp8ValueError("GemmSpec: fast_accum needs an FP8 GEMM, not a high-precision one")
+        for name in self.formats():
             if not get_format(name).element:
                 raise Fp8ValueError(f"{name} is a block-scale format only, not an element format")
 
@@ -125,8 +150,11 @@ class Recipe:
         }
 
     def _validate(self) -> None:
+        for gemm in ("forward", "dgrad"):
+            if not self.gemms()[gemm].quantized:
+                raise Fp8ValueError(f"{gemm}: only the wgrad GEMM may be GemmSpec.high_precision()")
         for spec in self.gemms().values():
-            for name in (spec.a_format, spec.b_format):
+            for name in spec.formats():
                 check_margin(self.margin, get_format(name))
         if self.power_of_two.__class__ is not bool:
             raise Fp8TypeError(f"power_of_two must be a bool, got {self.power_of_two!r}")
@@ -136,11 +164,13 @@ class Recipe:
             if not self.scale_choices or any(c <= 0 for c in self.scale_choices):
                 raise Fp8ValueError("scale_choices must be positive numbers")
         if self.tensorwise:
-            # A tensorwise cast is reused by two GEMMs, so they must agree on its format.
+            # A tensorwise cast is reused by two GEMMs, so they must agree on its format
+            # (a high-precision wgrad reuses no cast).
+            hp_wgrad = not self.wgrad.quantized
             same = (
-                self.forward.a_format == self.wgrad.b_format,
+                hp_wgrad or self.forward.a_format == self.wgrad.b_format,
                 self.forward.b_format == self.dgrad.b_format,
-                self.dgrad.a_format == self.wgrad.a_format,
+                hp_wgrad or self.dgrad.a_format == self.wgrad.a_format,
             )
             if not all(same):
                 raise Fp8ValueError(
