@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 from . import __version__
 from .conformance.capability_text import TIMES, capability_rows
+from .conformance.cli import HelpFormatter
+from .conformance.cli import add_parser as add_conformance
 from .dispatch import registry
 
 __all__ = ["main"]
@@ -114,16 +116,12 @@ examples:
   python -m portable_fp8 backends --json              # the same tool as a module"""
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's layout and appends each option's default to its help."""
-
-
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="portable-fp8",
         description=_DESCRIPTION,
         epilog=_EXAMPLES,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--version", action="version", version=f"%(prog)s {__version__}",
@@ -134,17 +132,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "backends",
         help="list the installed backends: available here or why not, priority, "
         "implementation path, declared formats, granularities and accumulator",
-        description="List every installed backend: whether it can run on this machine (and "
-        "why not), its priority (the automatic choice takes the highest available), its "
+        description="List every installed backend: whether it can run on this machine (and\n"
+        "why not), its priority (the automatic choice takes the highest available), its\n"
         "implementation path and its declared capabilities.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p_backends.add_argument(
         "--json", action="store_true",
         help="print JSON (capabilities as in the conformance JSON report) instead of text",
     )  # fmt: skip
     p_backends.set_defaults(func=_cmd_backends)
-    from .conformance.cli import add_parser as add_conformance
 
     add_conformance(sub)
     return parser
