@@ -281,7 +281,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=float,
         default=DEFAULT_INTERVAL_S,
-        help="seconds between progress lines when stderr is not a terminal (0: one per case)",
+        help="seconds between progress lines when stderr is not a terminal (0: one as each case starts and ends)",
     )
     p.add_argument(
         "--no-fingerprint",
