@@ -281,7 +281,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=float,
         default=DEFAULT_INTERVAL_S,
-        help="seconds between progress lines when stderr is not a terminal (0: one as each case starts and ends)",
+        help="seconds between progress lines when stderr is not a terminal (0: a line as "
+        "each case starts and ends)",
     )
     p.add_argument(
         "--no-fingerprint",
