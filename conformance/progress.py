@@ -140,9 +140,9 @@ class RunProgress:
             self.current = "numerics fingerprint"
             self._show(force=False)
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
         """Stop the heartbeat and write the final state (the bar's last redraw and newline,
-        or one last plain line). Safe to call twice."""
+        or one last plain line ending "finished", or "interrupted"). Safe to call twice."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -156,24 +156,25 @@ class RunProgress:
                 self._bar.set_postfix_str(self._postfix(), refresh=False)
                 self._bar.close()
             else:
-                self._write_line(final=True)
+                self._write_line(final="interrupted" if interrupted else "finished")
 
     def __enter__(self) -> RunProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(interrupted=kind is not None and issubclass(kind, KeyboardInterrupt))
 
     # -- drawing ---------------------------------------------------------------------
 
-    def line(self, final: bool = False) -> str:
-        """The plain progress line for the current state (what a non-terminal log gets)."""
+    def line(self, final: str = "") -> str:
+        """The plain progress line for the current state (what a non-terminal log gets);
+        ``final`` ("finished", "interrupted") ends the last line instead of the time left."""
         elapsed = self.clock() - self._start
         pct = 100 * self.done // self.total if self.total else 100
         text = f"conformance: {self.done}/{self.total} cases ({pct}%), "
         text += f"{_seconds(elapsed)} elapsed"
         if final:
-            return text + f", {self.failed} failed, finished"
+            return text + f", {self.failed} failed, {final}"
         if self.phase == "fingerprint":
             return text + f", {self.failed} failed, now the numerics fingerprint"
         if 0 < self.done < self.total:
@@ -199,9 +200,9 @@ class RunProgress:
             return
         now = self.clock()
         if now - self._last_line >= self.interval:
-            self._write_line(final=False)
+            self._write_line(final="")
 
-    def _write_line(self, final: bool) -> None:
+    def _write_line(self, final: str) -> None:
         self._last_line = self.clock()
         self.stream.write(self.line(final) + "\n")
         self.stream.flush()

@@ -3,7 +3,9 @@ statuses)."""
 
 from __future__ import annotations
 
+import sys
+
 from .cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

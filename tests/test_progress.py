@@ -141,3 +141,16 @@ def test_no_progress_silences_the_progress(tmp_path, interval):
     proc = _cli(tmp_path, "--no-progress", "--progress-interval", interval)
     assert not any(_LINE.match(line) for line in proc.stderr.splitlines()), proc.stderr
     assert "\r" not in proc.stderr and "cases [" not in proc.stderr
+
+
+def test_an_interrupted_run_ends_its_log_saying_so():
+    clock = _Clock()
+    bar, stream = _log_progress(5, clock)
+    with pytest.raises(KeyboardInterrupt), bar:
+        bar.start_case("cast/a")
+        clock.now += 1
+        bar.end_case(False)
+        raise KeyboardInterrupt
+    assert (
+        stream.getvalue() == "conformance: 1/5 cases (20%), 1.0 s elapsed, 0 failed, interrupted\n"
+    )
