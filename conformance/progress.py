@@ -26,7 +26,7 @@ __all__ = ["RunProgress", "DEFAULT_INTERVAL_S"]
 DEFAULT_INTERVAL_S = 5.0
 
 #: Longest case id shown in the bar (ids are hierarchical: the head says the most).
-_BAR_ID_CHARS = 60
+_BAR_ID_CHARS = 48
 
 
 #: tqdm's size for a terminal that reports 0 x 0.
@@ -108,7 +108,7 @@ class RunProgress:
                 # sized): assume 100 x 24 there
                 **({"dynamic_ncols": True} if _columns(self.stream) else _UNSIZED),
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} cases "
-                "[{elapsed}<{remaining}] {postfix}",
+                "[{elapsed}<{remaining}]{postfix}",
             )
         if heartbeat and (self.terminal or self.interval > 0):
             self._thread = threading.Thread(
