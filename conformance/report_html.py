@@ -1,61 +1,98 @@
-"""A self-contained HTML report (no scripts, no external files) for a bring-up ticket.
+"""The self-contained HTML report (no scripts, no external files) for a bring-up ticket.
 
-Sections: summary, failures first (each with its detail and a reproducer), the numerics
-fingerprint, the plot of GEMM error against K with the bound (inline SVG drawn here), the
-versions and capabilities, and every case in a table.
+The page is rendered with jinja2 (autoescape on) from ``templates/report.html.j2``, shipped
+as package data; this module prepares plain values for it: the summary and per-kind counts,
+failures first with their reproducers, every case grouped by kind in collapsible sections,
+the numerics fingerprint and the capabilities in words and tables, and the plot of GEMM
+error against K with the bound, drawn here as inline SVG (a few dozen points on log axes
+need no plotting library; every text in it is escaped).
 """
 
 from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ._files import write_text_atomic
+from .capability_text import accumulator_text, capability_rows
 from .model import Verdict
-from .runner import SuiteReport
+from .runner import CaseRecord, SuiteReport
 
 __all__ = ["render_html", "write_html", "error_vs_k_svg"]
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;
-max-width:1150px}
-h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;
-margin-top:28px}
-table{border-collapse:collapse;font-size:12px;margin:6px 0}
-td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}
-.passed{color:#17702a}.failed{color:#b00020;font-weight:bold}
-.notsupported{color:#777}.knowndeviation{color:#a66a00}
-.summary td{font-size:14px;padding:6px 12px}
-pre{background:#f6f6f6;padding:6px;overflow-x:auto;font-size:11px;margin:4px 0}
-.fail{border-left:4px solid #b00020;padding:2px 10px;margin:10px 0}
-.ok{background:#e6f4ea;padding:8px;border:1px solid #17702a}
-.bad{background:#fdecea;padding:8px;border:1px solid #b00020}
-code{font-size:12px}
-"""
+#: Failures shown in full (the rest are in their kind's table and the JSON report), and
+#: how many of them are opened.
+_MAX_FAILURES, _OPEN_FAILURES = 200, 20
+#: Characters of a case's detail shown in the per-kind tables.
+_DETAIL_CHARS = 300
 
 
 def _esc(x: Any) -> str:
     return html.escape(str(x))
 
 
-def _cls(verdict: str) -> str:
+def _css(verdict: str) -> str:
     return verdict.replace(" ", "")
 
 
-def _fmt(v: Any) -> str:
+def _words(v: Any) -> str:
+    """A value as people read it: no ``None``, ``True`` or list/dict reprs."""
+    if v is None:
+        return "not reported"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.3g}"
-    return "" if v is None else _esc(v)
+    if isinstance(v, Mapping):
+        return "; ".join(f"{k}: {_words(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return ", ".join(_words(x) for x in v) or "none"
+    return str(v)
+
+
+def _number(v: Any) -> str:
+    """An error or bound cell: 3 significant digits, blank where the case measured none."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _plottable(points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(drawable, left out) points of the error-versus-K plot: K > 0, a finite bound > 0
+    and a finite error >= 0 (log axes need positive K and bound; an error of 0 is drawn at
+    the bottom edge)."""
+
+    def ok(p: dict[str, Any]) -> bool:
+        k, err, bound = p.get("k"), p.get("rel_err"), p.get("rel_bound")
+        nums = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (k, err, bound))
+        return (
+            nums
+            and k > 0
+            and math.isfinite(bound)
+            and bound > 0
+            and math.isfinite(err)
+            and err >= 0
+        )
+
+    kept = [p for p in points if ok(p)]
+    return kept, [p for p in points if not ok(p)]
 
 
 def error_vs_k_svg(points: list[dict[str, Any]], width: int = 760, height: int = 380) -> str:
     """Log-log plot of measured relative GEMM error (max over elements of |error| /
-    sum|a||b|) against K, per data kind, with the bound's relative value as a line."""
-    pts = [p for p in points if p.get("k") and p.get("rel_bound")]
-    pts = [p for p in pts if math.isfinite(p["rel_bound"]) and math.isfinite(p["rel_err"])]
+    sum|a||b|) against K, per data kind, with the bound's relative value as a line.
+
+    Points whose K, error or bound is missing, not finite, or (K, bound) not positive are
+    left out (:func:`_plottable`; the report names them); an error of 0 is drawn at the
+    bottom edge. With nothing left, a sentence says so instead of an empty plot."""
+    pts, _ = _plottable(points)
     if not pts:
         return "<p>No GEMM results with an error bound to plot.</p>"
     left, right, top, bottom = 70, 170, 20, 50
@@ -136,79 +173,10 @@ def error_vs_k_svg(points: list[dict[str, Any]], width: int = 760, height: int =
     return "\n".join(out)
 
 
-def _fingerprint_html(fp: dict[str, Any]) -> str:
-    rows = []
-    for key, value in fp.items():
-        if isinstance(value, dict):
-            inner = "".join(
-                f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in value.items()
-            )
-            rows.append(f"<tr><th>{_esc(key)}</th><td><table>{inner}</table></td></tr>")
-        else:
-            rows.append(f"<tr><th>{_esc(key)}</th><td>{_esc(value)}</td></tr>")
-    return "<table>" + "".join(rows) + "</table>"
-
-
-def render_html(report: SuiteReport) -> str:
-    """The report as one HTML page."""
-    counts = report.counts()
-    status = (
-        f'<p class="bad">Interrupted: only {len(report.records)} case(s) ran; '
-        f"{counts['failed']} failed.</p>"
-        if report.interrupted
-        else '<p class="ok">Conformant: no case failed.</p>'
-        if report.ok
-        else f'<p class="bad">Not conformant: {counts["failed"]} case(s) failed.</p>'
-    )
-    summary = "".join(
-        f'<td class="{_cls(k)}">{_esc(k)}: <b>{v}</b></td>' for k, v in counts.items()
-    )
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>portable-fp8 conformance: {_esc(report.backend)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>portable-fp8 conformance report: backend <code>{_esc(report.backend)}</code></h1>",
-        f"<p>Profile <b>{_esc(report.profile)}</b> on device <b>{_esc(report.device)}</b>; "
-        f"{len(report.records)} cases in {report.seconds:.1f} s. portable-fp8 "
-        f"{_esc(report.versions.get('portable_fp8'))}, torch {_esc(report.versions.get('torch'))},"
-        f" Python {_esc(report.versions.get('python'))}.</p>",
-    ]
-    if report.command:
-        parts.append(f"<p>Command: <code>{_esc(report.command)}</code></p>")
-    parts += [status, f'<table class="summary"><tr>{summary}</tr></table>']
-    if report.unmatched_deviations:
-        parts.append(
-            "<p>Known deviations that match no case (stale?): "
-            + ", ".join(f"<code>{_esc(i)}</code>" for i in report.unmatched_deviations)
-            + "</p>"
-        )
-    failed = report.failed
-    parts.append(f"<h2>Failures ({len(failed)})</h2>")
-    if not failed:
-        parts.append("<p>None.</p>")
-    for r in failed[:200]:
-        res = r.result
-        parts.append(
-            f'<div class="fail"><p class="failed">{_esc(r.id)}</p>'
-            f"<p>Inputs: {_esc(r.description)}</p><p>{_esc(res.detail)}</p>"
-            + (f"<pre>{_esc(res.reproducer)}</pre>" if res.reproducer else "")
-            + "</div>"
-        )
-    if len(failed) > 200:
-        parts.append(f"<p>... and {len(failed) - 200} more (see the table below).</p>")
-    devs = [r for r in report.records if r.result.verdict is Verdict.KNOWN_DEVIATION]
-    if devs:
-        parts.append(f"<h2>Known deviations ({len(devs)})</h2><ul>")
-        parts += [f"<li><code>{_esc(r.id)}</code>: {_esc(r.result.detail)}</li>" for r in devs]
-        parts.append("</ul>")
-    parts.append("<h2>Numerics fingerprint (measured, not judged)</h2>")
-    parts.append(
-        "<p>Probe dot products of exact FP8 values through the backend's scaled_mm (after "
-        "Fasi, Higham, Mikaitis and Pranesh, PeerJ CS 2021): fraction bits the accumulator "
-        "keeps when the small product sits at a given distance in K from the large one.</p>"
-    )
-    parts.append(_fingerprint_html(report.fingerprint))
-    points = [
+def _plot_points(report: SuiteReport) -> list[dict[str, Any]]:
+    """The K-sweep cases: 32 x K x 32, nn layout, positive or randn data, default
+    accumulator (the fast-accum ones are judged by another accumulator's bound)."""
+    return [
         {**r.result.extra, "id": r.id}
         for r in report.records
         if r.kind == "gemm"
@@ -216,37 +184,194 @@ def render_html(report: SuiteReport) -> str:
         and "/nn/" in r.id
         and r.result.extra.get("data") in ("positive", "randn")
         and r.result.extra.get("m") == 32
-        and "/fast-accum/" not in r.id  # judged by another accumulator's bound
+        and "/fast-accum/" not in r.id
     ]
-    parts.append("<h2>GEMM error versus K</h2>")
-    acc = report.capabilities.get("accumulator")
-    parts.append(
-        "<p>32 x K x 32 (fp32 output where declared), declared accumulator: "
-        f"<code>{_esc(acc)}</code>. The "
-        "line is the analytic bound (gamma_(K+4) of the accumulator plus the output "
-        "rounding) relative to sum |a||b|; each point a case's largest error relative to "
-        "the same.</p>"
-    )
-    parts.append(error_vs_k_svg(points))
-    parts.append("<h2>Versions and capabilities</h2>")
-    parts.append(
-        _fingerprint_html({"versions": report.versions, "capabilities": report.capabilities})
-    )
-    parts.append(f"<h2>All cases ({len(report.records)})</h2>")
-    order = {Verdict.FAILED: 0, Verdict.KNOWN_DEVIATION: 1, Verdict.PASSED: 2}
-    rows = sorted(report.records, key=lambda r: order.get(r.result.verdict, 3))
-    parts.append(
-        "<table><tr><th>case</th><th>verdict</th><th>error</th><th>bound</th><th>detail</th></tr>"
-    )
-    for r in rows:
-        v = r.result.verdict.value
-        parts.append(
-            f"<tr><td><code>{_esc(r.id)}</code></td><td class='{_cls(v)}'>{_esc(v)}</td>"
-            f"<td>{_fmt(r.result.error)}</td><td>{_fmt(r.result.bound)}</td>"
-            f"<td>{_esc(r.result.detail[:300])}</td></tr>"
+
+
+def _counts(records: list[CaseRecord]) -> list[dict[str, Any]]:
+    return [
+        {"verdict": v.value, "css": _css(v.value), "n": sum(r.result.verdict is v for r in records)}
+        for v in Verdict
+    ]
+
+
+_ORDER = {Verdict.FAILED: 0, Verdict.KNOWN_DEVIATION: 1, Verdict.PASSED: 2}
+
+
+def _kinds(report: SuiteReport) -> list[dict[str, Any]]:
+    """One section per kind of case, in the suite's order; rows failures first."""
+    by_kind: dict[str, list[CaseRecord]] = {}
+    for r in report.records:
+        by_kind.setdefault(r.kind, []).append(r)
+    out = []
+    for name, recs in by_kind.items():
+        rows = sorted(recs, key=lambda r: _ORDER.get(r.result.verdict, 3))
+        failed = sum(r.result.verdict is Verdict.FAILED for r in recs)
+        out.append(
+            {
+                "name": name,
+                "counts": _counts(recs),
+                "total": len(recs),
+                "open": failed > 0,
+                "rows": [
+                    {
+                        "id": r.id,
+                        "verdict": r.result.verdict.value,
+                        "css": _css(r.result.verdict.value),
+                        "error": _number(r.result.error),
+                        "bound": _number(r.result.bound),
+                        "detail": r.result.detail[:_DETAIL_CHARS]
+                        + ("..." if len(r.result.detail) > _DETAIL_CHARS else ""),
+                    }
+                    for r in rows
+                ],
+            }
         )
-    parts.append("</table></body></html>")
-    return "\n".join(parts)
+    return out
+
+
+def _distance_runs(value: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Consecutive distances with one result, merged: ``[("1 to 1024", "23")]``."""
+    runs: list[tuple[list[str], str]] = []
+    for k, v in value.items():
+        text = _words(v)
+        if runs and runs[-1][1] == text:
+            runs[-1][0].append(str(k))
+        else:
+            runs.append(([str(k)], text))
+    return [(ks[0] if len(ks) == 1 else f"{ks[0]} to {ks[-1]}", text) for ks, text in runs]
+
+
+def _fingerprint_sections(fp: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each fingerprint entry as text, or as a table: one row of numbers where the keys are
+    distances in K and every result is a number, else key and result per row (runs of
+    distances with one result merged)."""
+    out = []
+    for label, value in fp.items():
+        if not isinstance(value, Mapping):
+            out.append({"label": label, "kind": "text", "text": _words(value)})
+            continue
+        by_distance = bool(value) and all(str(k).isdigit() for k in value)
+        if by_distance and all(isinstance(v, int) for v in value.values()):
+            entries = [(k, _words(v)) for k, v in value.items()]
+            kind = "row"
+        elif by_distance:
+            entries, kind = _distance_runs(value), "table"
+        else:
+            entries, kind = [(k, _words(v)) for k, v in value.items()], "table"
+        out.append(
+            {
+                "label": label,
+                "kind": kind,
+                "entries": entries,
+                "key_label": "distance in K",
+                "value_label": "fraction bits",
+            }
+        )
+    return out
+
+
+def _environment(report: SuiteReport) -> list[tuple[str, str]]:
+    v = dict(report.versions)
+    described = v.pop("backend_describe", {})
+    labels = {
+        "portable_fp8": "portable-fp8",
+        "torch": "torch",
+        "python": "Python",
+        "platform": "platform",
+        "machine": "machine",
+        "cpu_count": "CPUs",
+        "torch_threads": "torch threads",
+        "device_name": "device name",
+    }
+    rows = [("backend", report.backend), ("device", report.device)]
+    rows += [(labels.get(k, k), _words(x)) for k, x in v.items()]
+    if isinstance(described, Mapping):
+        rows += [(f"backend: {k}", _words(x)) for k, x in described.items()]
+    else:
+        rows.append(("backend describe()", _words(described)))
+    return rows
+
+
+def _measured(r: CaseRecord) -> str:
+    """A failure's numbers in words: mismatch count of a bit-exact case, else error vs bound."""
+    err, bound = r.result.error, r.result.bound
+    if err is None:
+        return ""
+    if bound == 0 and float(err).is_integer():
+        return f"{int(err)} elements differ from the reference"
+    return f"error {_number(err)} against bound {_number(bound)}"
+
+
+def _headline(report: SuiteReport, counts: dict[str, int]) -> str:
+    if report.interrupted:
+        return (
+            f"Interrupted: only {len(report.records)} cases ran; {counts['failed']} of them "
+            "failed. The verdict is incomplete."
+        )
+    if report.ok:
+        return "Conformant: no case failed."
+    return f"Not conformant: {counts['failed']} of {len(report.records)} cases failed."
+
+
+@cache
+def _template():
+    import jinja2  # only report writing needs it loaded
+
+    text = resources.files(__package__).joinpath("templates/report.html.j2").read_text("utf-8")
+    env = jinja2.Environment(
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    return env.from_string(text)
+
+
+def render_html(report: SuiteReport) -> str:
+    """The report as one HTML page (every text escaped)."""
+    from markupsafe import Markup
+
+    counts = report.counts()
+    points, dropped = _plottable(_plot_points(report))
+    device = report.device + (
+        f" ({report.versions['device_name']})" if report.versions.get("device_name") else ""
+    )
+    return _template().render(
+        backend=report.backend,
+        profile=report.profile,
+        device_label=f"device {device}",
+        status=report.status,
+        headline=_headline(report, counts),
+        n_cases=len(report.records),
+        seconds=f"{report.seconds:.1f} s",
+        command=report.command,
+        versions=report.versions,
+        counts=_counts(report.records),
+        kinds=_kinds(report),
+        failures=[
+            {
+                "id": r.id,
+                "description": r.description,
+                "detail": r.result.detail,
+                "reproducer": r.result.reproducer,
+                "measured": _measured(r),
+            }
+            for r in report.failed
+        ],
+        max_failures=_MAX_FAILURES,
+        open_failures=_OPEN_FAILURES,
+        deviations=[
+            {"id": r.id, "detail": r.result.detail}
+            for r in report.records
+            if r.result.verdict is Verdict.KNOWN_DEVIATION
+        ],
+        unmatched=report.unmatched_deviations,
+        fingerprint=_fingerprint_sections(report.fingerprint),
+        # error_vs_k_svg escapes every text it draws; the rest of the page is autoescaped
+        plot=Markup(error_vs_k_svg(points)),
+        plot_dropped=[p.get("id", "?") for p in dropped],
+        accumulator=accumulator_text(report.capabilities.get("accumulator", "exact")),
+        capabilities=capability_rows(report.capabilities),
+        environment=_environment(report),
+    )
 
 
 def write_html(report: SuiteReport, path: str | Path) -> None:

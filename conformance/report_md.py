@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ._files import write_text_atomic
+from .capability_text import capability_rows
 from .runner import SuiteReport
 
 __all__ = ["render_markdown", "write_markdown"]
@@ -55,9 +56,9 @@ def render_markdown(report: SuiteReport) -> str:
                 lines.append(f"| {_cell(key)}: {_cell(k)} | {_cell(x)} |")
         else:
             lines.append(f"| {_cell(key)} | {_cell(value)} |")
-    lines += ["", "## Capabilities", "", "| field | value |", "|---|---|"]
-    for k, x in report.capabilities.items():
-        lines.append(f"| {_cell(k)} | {_cell(x)} |")
+    lines += ["", "## Capabilities", "", "| capability | declared |", "|---|---|"]
+    for label, words in capability_rows(report.capabilities):
+        lines.append(f"| {_cell(label)} | {_cell(words)} |")
     return "\n".join(lines) + "\n"
 
 

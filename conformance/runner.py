@@ -11,7 +11,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import platform
-import sys
 import time
 import traceback
 from collections import Counter
@@ -30,6 +29,7 @@ from portable_fp8.errors import Fp8ValueError
 from .cases import generate_cases
 from .deviations import load_deviations, unmatched_deviations
 from .model import PROFILES, Case, CaseResult, Env, Verdict, backend_device
+from .progress import DEFAULT_INTERVAL_S, RunProgress
 
 __all__ = [
     "CaseRecord",
@@ -183,28 +183,6 @@ def run_one(case: Case, env: Env, deviations: dict[str, str]) -> CaseResult:
     return result
 
 
-class _Progress:
-    """A one-line progress bar on stderr, silent unless stderr is a terminal."""
-
-    def __init__(self, total: int, enabled: bool | None) -> None:
-        self.total = total
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.failed = 0
-
-    def update(self, done: int, case_id: str, verdict: Verdict) -> None:
-        self.failed += verdict is Verdict.FAILED
-        if not self.enabled:
-            return
-        width = 30
-        filled = width * done // max(self.total, 1)
-        bar = "#" * filled + "." * (width - filled)
-        text = f"\r[{bar}] {done}/{self.total} failed {self.failed}  {case_id[:60]:<60}"
-        sys.stderr.write(text)
-        if done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def list_cases(backend: Backend | str | None = None, profile: str = "quick") -> list[Case]:
     """The cases a run of ``profile`` would have for ``backend``."""
     b = resolve_backend(backend)
@@ -220,12 +198,15 @@ def run_suite(
     progress: bool | None = None,
     fingerprint: bool = True,
     command: str = "",
+    progress_interval: float = DEFAULT_INTERVAL_S,
 ) -> SuiteReport:
     """Run the suite and return its report.
 
     ``select`` is a glob over case ids (or a predicate) restricting the run; the
-    known-deviations ``deviations`` are a mapping or a file path. ``progress=None`` shows a
-    progress bar only when stderr is a terminal. A KeyboardInterrupt during the run is
+    known-deviations ``deviations`` are a mapping or a file path. Progress goes to stderr
+    (:class:`~portable_fp8.conformance.progress.RunProgress`): a bar on a terminal, else a
+    plain line every ``progress_interval`` seconds; ``progress=False`` silences it (``None``
+    and ``True`` both show it). A KeyboardInterrupt during the run is
     raised as :class:`SuiteInterrupted`, carrying the report of the cases that ran.
     """
     if profile not in PROFILES:
@@ -241,7 +222,7 @@ def run_suite(
         cases = [c for c in cases if fnmatch.fnmatchcase(c.id, pattern)]
     elif select is not None:
         cases = [c for c in cases if select(c.id)]
-    bar = _Progress(len(cases), progress)
+    bar = RunProgress(len(cases), enabled=progress is not False, interval=progress_interval)
     records: list[CaseRecord] = []
     fp: dict[str, Any] = {}
 
@@ -261,14 +242,17 @@ def run_suite(
         )
 
     try:
-        for i, case in enumerate(cases, 1):
-            result = run_one(case, env, devs)
-            records.append(CaseRecord(case.id, case.kind, case.description, result))
-            bar.update(i, case.id, result.verdict)
-        if fingerprint:
-            from .fingerprint import numerics_fingerprint
+        with bar:
+            for case in cases:
+                bar.start_case(case.id)
+                result = run_one(case, env, devs)
+                records.append(CaseRecord(case.id, case.kind, case.description, result))
+                bar.end_case(result.verdict is Verdict.FAILED)
+            if fingerprint:
+                from .fingerprint import numerics_fingerprint
 
-            fp = numerics_fingerprint(env)
+                bar.start_fingerprint()
+                fp = numerics_fingerprint(env)
     except KeyboardInterrupt as exc:
         raise SuiteInterrupted(report(interrupted=True)) from exc
     return report(interrupted=False)

@@ -1,4 +1,4 @@
-"""The ``portable-fp8`` command line.
+"""The ``portable-fp8`` command line (also ``python -m portable_fp8``).
 
 ``portable-fp8 backends`` lists every backend, whether it can run here (and why not), which
 implementation path it uses and what it declares. ``portable-fp8 conformance`` runs the
@@ -10,9 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 
+from . import __version__
+from .conformance.capability_text import TIMES, capability_rows
+from .conformance.cli import HelpFormatter
+from .conformance.cli import add_parser as add_conformance
 from .dispatch import registry
 
 __all__ = ["main"]
@@ -52,35 +59,89 @@ def _cmd_backends(args: argparse.Namespace) -> int:
         json.dump({"backends": rows, "plugin_errors": errors}, sys.stdout, indent=2)
         print()
         return 0
+    times = _times_sign(sys.stdout)
+    width = max(shutil.get_terminal_size((100, 24)).columns, 60)
     for info in rows:
         status = "available" if info["available"] else f"unavailable: {info['reason']}"
         priority = "  -" if info["priority"] is None else f"{info['priority']:>3}"
-        print(f"{info['name']:<12} priority {priority}  {status}")
+        print(
+            textwrap.fill(f"{info['name']:<12} priority {priority}  {status}", width=width,
+                          subsequent_indent=" " * 28, break_on_hyphens=False)
+        )  # fmt: skip
         caps = info["capabilities"]
         if caps is None:
             continue
-        print(f"  devices       {', '.join(caps['devices'])}")
-        print(f"  cast formats  {', '.join(caps['cast_formats'])}")
-        print(f"  granularities {', '.join(caps['gemm_granularities'])}")
-        print(f"  rounding      {', '.join(caps['rounding'])}")
-        print(f"  out dtypes    {', '.join(caps['out_dtypes'])}")
-        print(f"  accumulator   {caps['accumulator']}")
-        if caps.get("fast_accumulator"):
-            print(f"  fast_accum    {caps['fast_accumulator']}")
-        for key, value in info.get("implementation", {}).items():
-            print(f"  {key:<13} {value}")
+        details = capability_rows(caps, times)
+        details += [(str(k), str(v)) for k, v in info.get("implementation", {}).items()]
+        for label, words in details:
+            print(_wrapped(label, words, width, times))
+        print()
     for name, error in sorted(errors.items()):
         print(f"plugin {name!r}: {error}")
     return 0
 
 
+def _times_sign(stream) -> str:
+    """The multiplication sign if ``stream`` can encode it, else ``x``."""
+    try:
+        TIMES.encode(getattr(stream, "encoding", None) or "ascii")
+    except (UnicodeEncodeError, LookupError):
+        return "x"
+    return TIMES
+
+
+def _wrapped(label: str, words: str, width: int, times: str) -> str:
+    """``  label   words`` with the words wrapped under themselves (never inside a pair)."""
+    head = f"  {label:<31} "
+    glued = words.replace(f" {times} ", f"\0{times}\0")  # "a × b" stays on one line
+    text = textwrap.fill(
+        glued, width=width, initial_indent=head, subsequent_indent=" " * len(head),
+        break_on_hyphens=False, break_long_words=False,
+    )  # fmt: skip
+    return text.replace("\0", " ")
+
+
+_DESCRIPTION = """\
+FP8 arithmetic that computes the same on every accelerator: one operator API (casts,
+quantisation, scaled GEMMs, an FP8 nn.Linear) over pluggable backends, a reference emulator
+that is the contract, and a conformance suite that checks a backend against it.
+Run 'portable-fp8 COMMAND --help' for a command's options."""
+
+_EXAMPLES = """\
+examples:
+  portable-fp8 backends
+  portable-fp8 conformance --backend cpu              # quick profile; reports in
+                                                      # conformance-report/
+  portable-fp8 conformance --backend cuda --profile full --report cuda-full.html
+  python -m portable_fp8 backends --json              # the same tool as a module"""
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="portable-fp8", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_backends = sub.add_parser("backends", help="list backends, availability and capabilities")
-    p_backends.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser = argparse.ArgumentParser(
+        prog="portable-fp8",
+        description=_DESCRIPTION,
+        epilog=_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}",
+        help="print the package version and exit",
+    )  # fmt: skip
+    sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    p_backends = sub.add_parser(
+        "backends",
+        help="list the installed backends: available here or why not, priority, "
+        "implementation path, declared formats, granularities and accumulator",
+        description="List every installed backend: whether it can run on this machine (and\n"
+        "why not), its priority (the automatic choice takes the highest available), its\n"
+        "implementation path and its declared capabilities.",
+        formatter_class=HelpFormatter,
+    )
+    p_backends.add_argument(
+        "--json", action="store_true",
+        help="print JSON (capabilities as in the conformance JSON report) instead of text",
+    )  # fmt: skip
     p_backends.set_defaults(func=_cmd_backends)
-    from .conformance.cli import add_parser as add_conformance
 
     add_conformance(sub)
     return parser
@@ -89,7 +150,12 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``portable-fp8`` console script; returns the exit status."""
     args = _build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `portable-fp8 backends | head`: the reader left; not an error
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (flushed at exit, then closed)
+        return 0
 
 
 if __name__ == "__main__":
