@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             f"char-LM, {args.preset}: {label} vs {args.dtype}",
         )
     except ImportError:
-        print("matplotlib missing: no plot", flush=True)
+        print("matplotlib missing: no plot (pip install 'portable-fp8[examples]')", flush=True)
     return 0
 
 
