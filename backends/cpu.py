@@ -6,7 +6,8 @@ known to differ between versions or from the contract: overflow and non-finite i
 Gaudi2's 240 limit (a range torch does not know) and E8M0 (whose torch cast maps zero and
 negatives differently). Stochastic rounding uses the shared integer implementation.
 
-GEMMs use ``torch._scaled_mm`` (oneDNN) for tensorwise and rowwise scaling of E4M3FN/E5M2
+GEMMs use torch's scaled matrix product (oneDNN; ``torch.nn.functional.scaled_mm``, or
+``torch._scaled_mm`` on older torch) for tensorwise and rowwise scaling of E4M3FN/E5M2
 operands where the installed torch has a CPU kernel for it; everything else (block and MX
 scaling, FNUZ formats) dequantises each operand to fp32 (one rounding per element, exact for
 power-of-two scales) and multiplies in fp32. Both accumulate in fp32.
@@ -38,6 +39,8 @@ from portable_fp8.numerics.granularity import GRANULARITIES, Granularity
 from portable_fp8.numerics.scaling import reciprocal
 from portable_fp8.numerics.tensor import Fp8Tensor
 
+from ._torch_scaled_mm import torch_scaled_mm
+
 __all__ = ["CpuBackend", "probe_scaled_mm", "portable_fp8_backends"]
 
 _SCALED_MM_FORMATS = ("e4m3fn", "e5m2", "e4m3_gaudi2")
@@ -46,7 +49,7 @@ _IPEX_ENV = "PORTABLE_FP8_CPU_IPEX"
 
 
 def probe_scaled_mm(device: str) -> frozenset[tuple[str, str]]:
-    """Which of tensorwise and rowwise scaling ``torch._scaled_mm`` runs on ``device``.
+    """Which of tensorwise and rowwise scaling torch's scaled_mm runs on ``device``.
 
     torch 2.8's CPU kernel takes tensorwise scales only (rowwise fails an internal assert);
     later versions take both. Probed on one 16x16 product each.
@@ -59,7 +62,7 @@ def probe_scaled_mm(device: str) -> frozenset[tuple[str, str]]:
     ):
         try:
             sa, sb = (torch.ones(shape, dtype=torch.float32, device=device) for shape in shapes)
-            torch._scaled_mm(a, a.t(), sa, sb, out_dtype=torch.float32)
+            torch_scaled_mm(a, a.t(), sa, sb, out_dtype=torch.float32)
             pairs.add(pair)
         except Exception:
             continue
@@ -241,7 +244,7 @@ class CpuBackend(Backend):
         elif ipex_gemm:
             out = self._ipex.linear(a, b)
         elif native:
-            out = torch._scaled_mm(
+            out = torch_scaled_mm(
                 a.data.contiguous(),
                 b.data.t().contiguous().t(),
                 a.scale_inv,

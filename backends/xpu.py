@@ -1,6 +1,7 @@
 """The ``xpu`` backend: Intel GPUs (Arc, Data Center GPU Max) through PyTorch's XPU device.
 
-GEMMs use ``torch._scaled_mm`` on XPU, which PyTorch registers from 2.10 on (oneDNN kernels
+GEMMs use torch's scaled matrix product on XPU (``torch.nn.functional.scaled_mm`` where
+torch has it, else ``torch._scaled_mm``), which PyTorch registers from 2.10 on (oneDNN kernels
 for tensorwise and rowwise scaling of E4M3FN and E5M2 operands: pytorch/pytorch PRs #165978
 and #166056); other granularities and formats dequantise to fp32 and multiply. Casts are the
 ``cpu`` backend's device-generic torch code (``.to(float8)`` with the contract's corrections
