@@ -19,9 +19,15 @@ neighbours); then the dequantised weight is bit-identical to the checkpoint's
 ``fp32(weight) * d`` and saving writes ``d`` back unchanged. Factors written by this
 package always have one (they *are* ``fp32(1 / s)``). For an arbitrary fp32 ``d`` there
 may be none (``x -> fp32(1/x)`` is not onto: about 14% of uniformly drawn ``d`` miss); then
-``s = fp32(1 / d)`` is used, the dequantised weight differs from the checkpoint's by at most
-one fp32 rounding of the factor (relative ``2**-23``), and saving writes ``fp32(1 / s)``
-(one ulp from ``d``). :func:`load_fp8_state_dict` counts such factors in its report.
+``s = fp32(1 / d)`` is used and the dequantised weight differs from the checkpoint's by at
+most one fp32 rounding of the factor (relative ``2**-23``); :func:`load_fp8_state_dict`
+counts such factors in its report. Saving writes each loaded factor back unchanged while
+the layer's scale is still the one mapped from it (so load -> save is the identity in every
+case), and ``fp32(1 / s)`` otherwise.
+
+Static activation scales: ``input_scale`` maps the same way; note that we quantise by
+multiplying with ``s`` where vLLM divides by ``input_scale``: the two roundings agree except
+where ``x * s`` and ``x / d`` fall on different sides of a rounding boundary.
 
 Other tensors (biases of the converted layers, norms, embeddings, unconverted layers) are
 stored under their ``state_dict`` names in their own dtypes.
@@ -174,7 +180,13 @@ def load_fp8_state_dict(
             input_scale=input_scale,
             backend=backend,
         )  # fmt: skip
-        # Remember the checkpoint's own spelling of a per-tensor factor's shape.
+        # Remember the checkpoint's layout, its spelling of a per-tensor factor's shape and
+        # its factors themselves (plain attributes, not state): saving writes a factor back
+        # as it was read while the layer's scale is still the one loaded from it, so that
+        # load -> save is the identity also for factors without an exact preimage.
+        new.checkpoint_factors = {"weight": factor.detach().clone()}
+        if input_scale is not None:
+            new.checkpoint_factors["input"] = state_dict[prefix + "input_scale"].detach().clone()
         new.checkpoint_layout = layout
         new.checkpoint_scale_shape = tuple(factor.shape)
         new.checkpoint_input_scale_shape = (
@@ -228,7 +240,7 @@ def fp8_state_dict(model: nn.Module, *, layout: str | None = None) -> dict[str, 
             raise Fp8ValueError(f"{name}: FP8 checkpoints store e4m3fn, not {m.format.name}")
         want = layout or getattr(m, "checkpoint_layout", None)
         want = want or ("block_128x128" if m.weight_granularity == "block_128x128" else "fp8")
-        factor = reciprocal(m.weight_scale)
+        factor = _factor(m, "weight", m.weight_scale)
         out[p + "weight"] = m.weight_codes
         if want == "block_128x128":
             if m.weight_granularity != "block_128x128":
@@ -242,12 +254,23 @@ def fp8_state_dict(model: nn.Module, *, layout: str | None = None) -> dict[str, 
                 factor = factor.reshape(shape)
             out[p + "weight_scale"] = factor
         if m.input_scale is not None:
-            d_in = reciprocal(m.input_scale)
+            d_in = _factor(m, "input", m.input_scale)
             shape = getattr(m, "checkpoint_input_scale_shape", None)
             out[p + "input_scale"] = d_in.reshape(shape) if shape is not None else d_in
         if m.bias is not None:
             out[p + "bias"] = m.bias
     return {k: v.detach().contiguous() for k, v in out.items()}
+
+
+def _factor(m: InferenceLinear, which: str, scale: torch.Tensor) -> torch.Tensor:
+    """The dequantisation factor to write for ``scale``: the one loaded from a checkpoint
+    if ``scale`` still is its mapping (:func:`exact_scale_for_factor`), else ``fp32(1/s)``."""
+    loaded = getattr(m, "checkpoint_factors", {}).get(which)
+    if loaded is not None:
+        mapped, _ = exact_scale_for_factor(loaded)
+        if torch.equal(mapped.reshape(scale.shape).to(scale.device), scale):
+            return loaded.to(scale.device).reshape(scale.shape)
+    return reciprocal(scale)
 
 
 def save_fp8_checkpoint(
