@@ -88,7 +88,9 @@ def _assert_same(a: dict, b: dict):
 
 
 @pytest.mark.parametrize(
-    "layout,shape", [("fp8", ()), ("fp8", (1,)), ("block_128x128", ())], ids=["fp8-0d", "fp8-1", "block"]
+    "layout,shape",
+    [("fp8", ()), ("fp8", (1,)), ("block_128x128", ())],
+    ids=["fp8-0d", "fp8-1", "block"],
 )
 def test_load_then_save_is_the_identity(tmp_path, layout, shape):
     sd = _checkpoint(layout, scalar_shape=shape)
@@ -120,7 +122,9 @@ def test_loaded_model_computes_with_the_checkpoint_weights(layout, backend):
     codes = sd["up.weight"].float()
     d = sd["up.weight_scale_inv" if layout == "block_128x128" else "up.weight_scale"]
     if layout == "block_128x128":
-        d_full = d.repeat_interleave(128, 0).repeat_interleave(128, 1)[: codes.shape[0], : codes.shape[1]]
+        d_full = d.repeat_interleave(128, 0).repeat_interleave(128, 1)[
+            : codes.shape[0], : codes.shape[1]
+        ]
     else:
         d_full = d.reshape(-1, 1) if d.dim() else d
     # float64 products of a code (4 significant bits) and an fp32 factor (24) are exact;

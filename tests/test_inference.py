@@ -30,9 +30,7 @@ HALF_SUBNORMAL = 2.0**-10  # half E4M3's smallest subnormal 2**-9: abs err below
 def _model(dtype=torch.float32, seed=0) -> nn.Module:
     torch.manual_seed(seed)
     # 200 x 136 and 136 x 72: partial 128-blocks on both sides.
-    return nn.Sequential(nn.Linear(136, 200), nn.GELU(), nn.Linear(200, 72, bias=False)).to(
-        dtype
-    )
+    return nn.Sequential(nn.Linear(136, 200), nn.GELU(), nn.Linear(200, 72, bias=False)).to(dtype)
 
 
 def _x(dtype=torch.float32, seed=1):
@@ -133,7 +131,9 @@ def test_reference_and_cpu_agree(weight_gran, act_gran):
             ref.get_submodule(name).weight_codes.view(torch.uint8),
             cpu.get_submodule(name).weight_codes.view(torch.uint8),
         )
-        assert torch.equal(ref.get_submodule(name).weight_scale, cpu.get_submodule(name).weight_scale)
+        assert torch.equal(
+            ref.get_submodule(name).weight_scale, cpu.get_submodule(name).weight_scale
+        )
     x2 = _x().reshape(-1, 136)
     qa = fp8.quantize(x2, granularity=act_gran, backend="reference")
     qb = fp8.quantize(x2, granularity=act_gran, backend="cpu")
@@ -175,7 +175,9 @@ def test_reference_and_cpu_outputs_are_not_bitwise_equal_in_general():
 def test_weight_memory_halves_against_bf16(weight_gran):
     """Stored weight bytes = N*K code bytes + 4 bytes per scale, against 2*N*K for bf16."""
     model = nn.Sequential(nn.Linear(512, 384), nn.ReLU(), nn.Linear(384, 256)).to(torch.bfloat16)
-    bf16 = sum(m.weight.numel() * m.weight.element_size() for m in model if isinstance(m, nn.Linear))
+    bf16 = sum(
+        m.weight.numel() * m.weight.element_size() for m in model if isinstance(m, nn.Linear)
+    )
     conv = convert_for_inference(model, weight_granularity=weight_gran)
     scales = {
         "tensorwise": 1 + 1,

@@ -177,7 +177,9 @@ class InferenceLinear(nn.Module):
             # round_scale_to_choices after the plain (or power-of-two) scale is exactly
             # scale_from_amax(amax, choices=...): the same rule, applied per block.
             scale = round_scale_to_choices(q.scale, choices)
-            q = ops.quantize(w, format, granularity=weight_granularity, scale=scale, backend=backend)
+            q = ops.quantize(
+                w, format, granularity=weight_granularity, scale=scale, backend=backend
+            )
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls(
             q.data,
