@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -342,3 +344,21 @@ def test_calibration_file_errors(tmp_path):
         Calibration.load(path)
     with pytest.raises(Fp8ValueError, match="non-finite"):
         Calibration({"0": float("inf")}).save(tmp_path / "x.json")
+
+
+# -- docs/inference.md ---------------------------------------------------------------------
+
+_DOC = Path(__file__).resolve().parent.parent / "docs" / "inference.md"
+_DOC_BLOCKS = re.findall(r"```python\n(.*?)```", _DOC.read_text(), flags=re.S)
+
+
+def test_doc_has_examples():
+    assert len(_DOC_BLOCKS) >= 3
+
+
+@pytest.mark.parametrize("index", range(len(_DOC_BLOCKS)))
+def test_doc_block_runs(index, capsys):
+    if "safetensors" in _DOC_BLOCKS[index]:
+        pytest.importorskip("safetensors")
+    exec(compile(_DOC_BLOCKS[index], f"{_DOC}:block{index}", "exec"), {})
+    assert capsys.readouterr().out.strip(), "every example prints what it shows"

@@ -26,7 +26,7 @@ the layer's scale is still the one mapped from it (so load -> save is the identi
 case), and ``fp32(1 / s)`` otherwise.
 
 Static activation scales: ``input_scale`` maps the same way; note that we quantise by
-multiplying with ``s`` where vLLM divides by ``input_scale``: the two roundings agree except
+multiplying with ``s``; a consumer dividing by ``input_scale`` gets the same codes except
 where ``x * s`` and ``x / d`` fall on different sides of a rounding boundary.
 
 Other tensors (biases of the converted layers, norms, embeddings, unconverted layers) are
