@@ -243,6 +243,10 @@ def test_no_gradient_through_the_layer():
     with torch.inference_mode():
         conv(_x())
     assert not any(p.dim() == 2 for p in conv.parameters())
+    with pytest.raises(fp8.nn.NoTrainableWeightError, match="no trainable weight"):
+        _ = conv[0].weight
+    assert isinstance(fp8.nn.NoTrainableWeightError("x"), Fp8Error)
+    assert not hasattr(conv[0], "weight")
 
 
 def test_filter_and_bad_arguments():

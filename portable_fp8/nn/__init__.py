@@ -19,7 +19,12 @@ from .checkpoints import (
     save_fp8_checkpoint,
 )
 from .convert import ConversionReport, convert
-from .inference import InferenceLinear, InferenceReport, convert_for_inference
+from .inference import (
+    InferenceLinear,
+    InferenceReport,
+    NoTrainableWeightError,
+    convert_for_inference,
+)
 from .linear import Linear
 from .recipes import (
     Blockwise,
@@ -41,6 +46,7 @@ __all__ = [
     "InferenceLinear",
     "InferenceReport",
     "Linear",
+    "NoTrainableWeightError",
     "Recipe",
     "StaticScaling",
     "calibrate",

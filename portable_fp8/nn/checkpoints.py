@@ -166,8 +166,15 @@ def load_fp8_state_dict(
         report.inexact_scales += bad
         bias = None
         if getattr(module, "bias", None) is not None:
-            bias = state_dict.get(prefix + "bias", module.bias).detach().clone()
-            used_keys.append("bias")
+            if prefix + "bias" in state_dict:
+                bias = state_dict[prefix + "bias"].detach().clone()
+                used_keys.append("bias")
+            elif strict:
+                raise Fp8ValueError(f"checkpoint has no {prefix}bias for the model's bias")
+            else:
+                bias = module.bias.detach().clone()
+        elif prefix + "bias" in state_dict:
+            raise Fp8ValueError(f"checkpoint has {prefix}bias but the model's layer has none")
         device = codes.device
         new = InferenceLinear(
             codes.clone(),

@@ -49,6 +49,7 @@ __all__ = [
     "WEIGHT_GRANULARITIES",
     "InferenceLinear",
     "InferenceReport",
+    "NoTrainableWeightError",
     "convert_for_inference",
 ]
 
@@ -89,6 +90,11 @@ def _spread(q: Fp8Tensor, gran_name: str) -> Fp8Tensor:
         gran,
         inv.expand(shape).contiguous(),
     )
+
+
+class NoTrainableWeightError(Fp8Error, AttributeError):
+    """``InferenceLinear.weight`` was asked for: the layer keeps no high-precision,
+    trainable weight. An AttributeError too, so ``hasattr(layer, "weight")`` is False."""
 
 
 class InferenceLinear(nn.Module):
@@ -210,6 +216,15 @@ class InferenceLinear(nn.Module):
         """``dtype(fp32(codes) * fp32(1 / weight_scale))``: the weight this layer computes
         with (no gradient)."""
         return ops.dequantize(self.quantized_weight, dtype, backend=self.backend)
+
+    def __getattr__(self, name: str):
+        if name == "weight":
+            raise NoTrainableWeightError(
+                "InferenceLinear has no trainable weight (and no gradient through it): its "
+                "FP8 codes are the buffer weight_codes with scales weight_scale; "
+                "dequantized_weight() gives their values. Use portable_fp8.nn.convert to train."
+            )
+        return super().__getattr__(name)
 
     # -- forward -----------------------------------------------------------------------------
 
