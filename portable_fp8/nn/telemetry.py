@@ -47,8 +47,8 @@ from torch import nn
 
 from ..dispatch import ops
 from ..errors import Fp8Error, Fp8ValueError, NotSupportedError
-from ..numerics.formats import Format, get_format
-from ..numerics.granularity import Granularity, as_2d_shape, get_granularity
+from ..numerics.formats import Format
+from ..numerics.granularity import Granularity, as_2d_shape
 from ..numerics.tensor import Fp8Tensor
 from .linear import Linear
 from .recipes import ROLES
@@ -348,7 +348,9 @@ class Telemetry:
             p = self._pending[key]
             flat += [v.reshape(()).to(torch.float64) for v in p.values.values()]
             if p.what_if:
-                flat += [v.reshape(()).to(torch.float64) for v in p.what_if.values() if v is not None]
+                flat += [
+                    v.reshape(()).to(torch.float64) for v in p.what_if.values() if v is not None
+                ]
         numbers = iter(torch.stack(flat).cpu().tolist() if flat else [])  # one sync
         records = []
         for key in keys:
@@ -386,9 +388,7 @@ class Telemetry:
         if t.saturated is not None and rec.saturated > t.saturated:
             found.append(("saturated", f"saturated {rec.saturated:.3%} > {t.saturated:.3%}"))
         if t.underflow is not None and rec.underflow > t.underflow:
-            found.append(
-                ("underflow", f"flushed to zero {rec.underflow:.3%} > {t.underflow:.3%}")
-            )
+            found.append(("underflow", f"flushed to zero {rec.underflow:.3%} > {t.underflow:.3%}"))
         if math.isfinite(rec.kurtosis):
             key = (rec.layer, rec.role)
             k0 = self._kurtosis0.setdefault(key, rec.kurtosis)
@@ -490,7 +490,9 @@ class TensorBoardWriter:
     def __init__(self, log_dir, summary_writer_factory: Callable[..., Any] | None = None) -> None:
         if summary_writer_factory is None:
             if not tensorboard_available():
-                raise Fp8Error("TensorBoardWriter needs the tensorboard package (pip install tensorboard)")
+                raise Fp8Error(
+                    "TensorBoardWriter needs the tensorboard package (pip install tensorboard)"
+                )
             from torch.utils.tensorboard import SummaryWriter
 
             summary_writer_factory = SummaryWriter
