@@ -97,7 +97,7 @@ class Thresholds:
     * ``nonfinite``: warn if any element is NaN or infinite.
     """
 
-    saturated: float | None = 1e-3
+    saturated: float | None = 1e-2
     underflow: float | None = 1e-2
     kurtosis_growth: float | None = 4.0
     nonfinite: bool = True
@@ -219,15 +219,17 @@ def _cast_stats(x: torch.Tensor, q: Fp8Tensor, backend: str | None) -> dict[str,
     codes = ops.cast_from_fp8(q.data, 1.0, format=fmt.name, backend=backend).reshape(xf.shape)
     scale = gran.expand(q.scale.to(torch.float32), tuple(xf.shape))
     nonzero = finite & (xf != 0)
-    n_nonzero = nonzero.sum().clamp(min=1)
+    # Fractions as fp64 quotients of exact counts (an fp32 quotient would round 1/7).
+    n_nonzero = nonzero.sum().clamp(min=1).to(torch.float64)
     mag = codes.abs()
     signal, noise = _error_terms(xf, deq, finite)
+    saturated = ((xf * scale).abs() > _saturation_bound(fmt)).sum().to(torch.float64)
     return {
         "amax": ops.compute_amax(x),
         "scale_min": q.scale.amin().to(torch.float32),
         "scale_max": q.scale.amax().to(torch.float32),
-        "saturated": ((xf * scale).abs() > _saturation_bound(fmt)).sum() / max(xf.numel(), 1),
-        "underflow": (nonzero & (mag == 0)).sum() / n_nonzero,
+        "saturated": saturated / max(xf.numel(), 1),
+        "underflow": (nonzero & (mag == 0)).sum().to(torch.float64) / n_nonzero,
         "subnormal": (nonzero & (mag > 0) & (mag < fmt.min_normal)).sum() / n_nonzero,
         "rel_error": (noise / signal).sqrt(),
         "sqnr_db": 10 * torch.log10(signal / noise),
