@@ -432,3 +432,20 @@ def test_report_without_matplotlib_has_tables_and_says_so(tmp_path, monkeypatch)
     page = out.read_text()
     assert "Plots need matplotlib" in page and "<img" not in page
     assert page.count("<table>") >= 3
+
+
+def test_the_docs_example_runs_and_its_file_draws(tmp_path, monkeypatch, capsys):
+    """docs/telemetry.md's Python example, as written, then the command it shows."""
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "telemetry.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.S)
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], f"{doc}:example", "exec"), {})
+    out = capsys.readouterr().out
+    assert out.startswith("20 e5m2 ") and "E4M3 rowwise would have given" in out
+    assert len(telemetry.read_jsonl("run.jsonl")) == 3 * 2 * 3  # steps 0, 10, 20
+    assert cli.main(["telemetry", "run.jsonl", "--report", "run.html"]) == 0
+    assert (tmp_path / "run.html").exists()
