@@ -211,9 +211,10 @@ def test_off_costs_no_op():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "recipe",
-    [pn.CurrentScaling(), pn.DelayedScaling(), pn.CurrentScaling(granularity="rowwise")],
-    ids=["current", "delayed", "rowwise"],
-)
+    [pn.CurrentScaling(), pn.DelayedScaling(), pn.CurrentScaling(granularity="rowwise"),
+     pn.Blockwise()],
+    ids=["current", "delayed", "rowwise", "blockwise"],
+)  # fmt: skip
 def test_training_is_bit_identical_with_telemetry_on(backend, recipe):
     base = _mlp(recipe, backend)
     base_losses = _train(base, 4)
@@ -224,6 +225,17 @@ def test_training_is_bit_identical_with_telemetry_on(backend, recipe):
     assert ours_losses == base_losses
     for (name, a), b in zip(base.state_dict().items(), ours.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_close_finishes_an_open_step_and_eval_reports_forward_roles_only():
+    """Inference (no backward, no t.step()): closing the collector finishes the step, with
+    the input and weight of each layer; the hooks are detached afterwards."""
+    model = _mlp(pn.CurrentScaling(), "cpu").eval()
+    with torch.no_grad(), telemetry.collect(model) as t:
+        model(torch.randn(8, 32))
+    assert {r.role for r in t.history} == {"input", "weight"}
+    assert len(t.history) == 3 * 2 and all(r.step == 0 for r in t.history)
+    assert all(m._fp8_probe is None for m in model.modules() if isinstance(m, pn.Linear))
 
 
 def test_every_must_be_a_positive_int():
