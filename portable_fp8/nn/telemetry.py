@@ -185,28 +185,23 @@ def _saturation_bound(fmt: Format) -> float:
     return fmt.max + step / 2
 
 
-def _error_terms(x: torch.Tensor, deq: torch.Tensor, finite: torch.Tensor):
-    """(sum of x^2, sum of (deq - x)^2) over the finite elements (fp32 sums of squares:
-    no cancellation, and only their ratio is used)."""
-    xf = torch.where(finite, x, 0.0)
-    df = torch.where(finite, deq, 0.0)
-    return (xf * xf).sum(), ((df - xf) ** 2).sum()
+def _error_terms(xz: torch.Tensor, deq: torch.Tensor, finite: torch.Tensor):
+    """(sum of x^2, sum of (deq - x)^2) over the finite elements; ``xz`` is x with its
+    non-finite elements zeroed (fp32 sums of squares: no cancellation, and only their ratio
+    is used)."""
+    err = torch.where(finite, deq - xz, 0.0)
+    return (xz * xz).sum(), (err * err).sum()
 
 
-def _rel_error(x: torch.Tensor, deq: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-    signal, noise = _error_terms(x, deq, finite)
-    return (noise / signal).sqrt()
-
-
-def _kurtosis(x: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+def _kurtosis(xz: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
     """Pearson kurtosis E[(x - mu)^4] / E[(x - mu)^2]^2 of the finite elements (3: Gaussian),
     computed on the standardised values so no fourth power of a large value overflows."""
     n = finite.sum()
-    mu = torch.where(finite, x, 0.0).sum() / n
-    d = torch.where(finite, x - mu, 0.0)
+    mu = xz.sum() / n
+    d = torch.where(finite, xz - mu, 0.0)
     var = (d * d).sum() / n
-    z = d / var.sqrt()
-    return (z**4).sum() / n
+    z2 = (d * d) / var
+    return (z2 * z2).sum() / n
 
 
 def _cast_stats(x: torch.Tensor, q: Fp8Tensor, backend: str | None) -> dict[str, torch.Tensor]:
@@ -214,16 +209,18 @@ def _cast_stats(x: torch.Tensor, q: Fp8Tensor, backend: str | None) -> dict[str,
     fmt, gran = q.format, q.granularity
     xf = x.to(torch.float32).reshape(as_2d_shape(x.shape))
     finite = torch.isfinite(xf)
+    xz = torch.where(finite, xf, 0.0)
     deq = ops.dequantize(q, backend=backend).reshape(xf.shape)
     # The code values themselves (scale 1), for zero and subnormal codes.
     codes = ops.cast_from_fp8(q.data, 1.0, format=fmt.name, backend=backend).reshape(xf.shape)
     scale = gran.expand(q.scale.to(torch.float32), tuple(xf.shape))
-    nonzero = finite & (xf != 0)
+    nonzero = xz != 0  # finite and nonzero
     # Fractions as fp64 quotients of exact counts (an fp32 quotient would round 1/7).
     n_nonzero = nonzero.sum().clamp(min=1).to(torch.float64)
     mag = codes.abs()
-    signal, noise = _error_terms(xf, deq, finite)
+    signal, noise = _error_terms(xz, deq, finite)
     saturated = ((xf * scale).abs() > _saturation_bound(fmt)).sum().to(torch.float64)
+    nan = (xf != xf).sum()
     return {
         "amax": ops.compute_amax(x),
         "scale_min": q.scale.amin().to(torch.float32),
@@ -233,9 +230,9 @@ def _cast_stats(x: torch.Tensor, q: Fp8Tensor, backend: str | None) -> dict[str,
         "subnormal": (nonzero & (mag > 0) & (mag < fmt.min_normal)).sum() / n_nonzero,
         "rel_error": (noise / signal).sqrt(),
         "sqnr_db": 10 * torch.log10(signal / noise),
-        "kurtosis": _kurtosis(xf, finite),
-        "nan": torch.isnan(xf).sum(),
-        "inf": torch.isinf(xf).sum(),
+        "kurtosis": _kurtosis(xz, finite),
+        "nan": nan,
+        "inf": (~finite).sum() - nan,
     }
 
 
@@ -247,6 +244,7 @@ def _what_if(
     x2 = x.reshape(as_2d_shape(x.shape))
     xf = x2.to(torch.float32)
     finite = torch.isfinite(xf)
+    xz = torch.where(finite, xf, 0.0)
     out: dict[str, torch.Tensor | None] = {}
     for fmt, gran in choices:
         try:
@@ -255,7 +253,8 @@ def _what_if(
             out[f"{fmt}/{gran}"] = None
             continue
         deq = ops.dequantize(q, backend=backend).reshape(xf.shape)
-        out[f"{fmt}/{gran}"] = _rel_error(xf, deq, finite)
+        signal, noise = _error_terms(xz, deq, finite)
+        out[f"{fmt}/{gran}"] = (noise / signal).sqrt()
     return out
 
 
