@@ -175,6 +175,9 @@ def test_every_n_samples_steps_0_n_2n():
     assert len(t.history) == 3 * 3 * 3  # steps x layers x roles
     assert {(r.layer, r.role) for r in t.history if r.step == 6} == set(t.last)
     assert all(layer._fp8_probe is None for layer in t.layers.values())  # closed: detached
+    with telemetry.collect(model, every=3, keep_history=False) as t2:
+        _train(model, 4, t2)
+    assert t2.history == [] and {r.step for r in t2.last.values()} == {3}
 
 
 class _CountOps(TorchDispatchMode):

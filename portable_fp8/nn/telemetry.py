@@ -280,6 +280,8 @@ class Telemetry:
     ``what_if``: True for :data:`DEFAULT_WHAT_IF`, or a sequence of (format, granularity)
     pairs, or False. ``writers``: objects with ``write(records)`` and ``close()``.
     ``backend``: the backend the statistics run on (None: each layer's own).
+    ``keep_history``: keep every record in :attr:`history` (False: only :attr:`last`, for
+    long runs that write their records out).
     """
 
     def __init__(
@@ -291,6 +293,7 @@ class Telemetry:
         thresholds: Thresholds | None = None,
         writers: Iterable[Any] = (),
         backend: str | None = None,
+        keep_history: bool = True,
     ) -> None:
         if not isinstance(every, int) or isinstance(every, bool) or every < 1:
             raise Fp8ValueError(f"every must be an int >= 1, got {every!r}")
@@ -302,11 +305,12 @@ class Telemetry:
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.writers = list(writers)
         self.backend = backend
+        self.keep_history = keep_history
         #: Index of the current step (the next :meth:`step` call finishes it).
         self.step_index = 0
         #: Records of the last finished sampled step, keyed by (layer, role).
         self.last: dict[tuple[str, str], TensorStats] = {}
-        #: Every record so far, in order.
+        #: Every record so far, in order (empty unless ``keep_history``).
         self.history: list[TensorStats] = []
         self._pending: dict[tuple[str, str], _Pending] = {}
         self._kurtosis0: dict[tuple[str, str], float] = {}
@@ -375,7 +379,8 @@ class Telemetry:
             records.append(rec)
         self._pending.clear()
         self.last = {(r.layer, r.role): r for r in records}
-        self.history += records
+        if self.keep_history:
+            self.history += records
         for writer in self.writers:
             writer.write(records)
         return records
