@@ -2,7 +2,8 @@
 
 ``portable-fp8 backends`` lists every backend, whether it can run here (and why not), which
 implementation path it uses and what it declares. ``portable-fp8 conformance`` runs the
-conformance suite (see :mod:`portable_fp8.conformance`).
+conformance suite (see :mod:`portable_fp8.conformance`). ``portable-fp8 telemetry RUN.jsonl``
+draws a telemetry file as an HTML report (see :mod:`portable_fp8.nn.telemetry_report`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .conformance.capability_text import TIMES, capability_rows
 from .conformance.cli import HelpFormatter
 from .conformance.cli import add_parser as add_conformance
 from .dispatch import registry
+from .nn.telemetry_report import add_parser as add_telemetry
 
 __all__ = ["main"]
 
@@ -113,6 +115,7 @@ examples:
   portable-fp8 conformance --backend cpu              # quick profile; reports in
                                                       # conformance-report/
   portable-fp8 conformance --backend cuda --profile full --report cuda-full.html
+  portable-fp8 telemetry run.jsonl --report run.html  # FP8 telemetry as plots
   python -m portable_fp8 backends --json              # the same tool as a module"""
 
 
@@ -144,6 +147,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p_backends.set_defaults(func=_cmd_backends)
 
     add_conformance(sub)
+    add_telemetry(sub, HelpFormatter)
     return parser
 
 

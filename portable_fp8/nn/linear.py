@@ -35,6 +35,7 @@ Contract (per call, with ``x`` of shape (..., in) flattened to M x K and W of sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -57,6 +58,9 @@ class _Cfg(NamedTuple):
     dim_multiple: int
     update_state: bool
     dtype: torch.dtype
+    #: Telemetry hook (:mod:`.telemetry`), None when off: ``probe(role, hp, q)`` gets each
+    #: high-precision operand and its cast; it reads them and changes nothing.
+    probe: Callable[[str, torch.Tensor, Fp8Tensor], None] | None = None
 
 
 def _quantize(x: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> Fp8Tensor:
@@ -182,6 +186,9 @@ class _Fp8LinearFn(torch.autograd.Function):
             qx, qx_t = _quantize_pair(x2, fx, sx, cfg, transposed=need_dw and not hp_dw)
             sw = _tensor_scale(1, w, fw, cfg, history, scales)
             qw, qw_t = _quantize_pair(w, fw, sw, cfg, transposed=need_dx)
+            if cfg.probe is not None:  # telemetry hook point
+                cfg.probe("input", x2, qx)
+                cfg.probe("weight", w, qw)
             saved = [q for q in (qx_t, qw_t) if q is not None]
             tensors = [t for q in saved for t in (q.data, q.scale, q.scale_inv)]
             ctx.save_for_backward(*tensors, *([x2] if hp_dw else []))
@@ -189,6 +196,9 @@ class _Fp8LinearFn(torch.autograd.Function):
         else:
             qx = _quantize(x2, fx, a_gran, None, cfg)
             qwt = _quantize_b(w, fw, b_gran, None, cfg)
+            if cfg.probe is not None:  # telemetry hook point
+                cfg.probe("input", x2, qx)
+                cfg.probe("weight", w, qwt.t())
             ctx.save_for_backward(x2, w)
         out = _mm(qx, qwt, r.forward, cfg.dtype, cfg).to(cfg.dtype)
         if bias is not None:
@@ -219,6 +229,8 @@ class _Fp8LinearFn(torch.autograd.Function):
             fg = r.dgrad.a_format
             sg = _tensor_scale(2, dy2, fg, cfg, ctx.history, ctx.scales)
             qdy, qdy_t = _quantize_pair(dy2, fg, sg, cfg, transposed=need_dw and not hp_dw)
+            if cfg.probe is not None:  # telemetry hook point
+                cfg.probe("grad_output", dy2, qdy)
             if hp_dw:
                 dw = _hp_wgrad(dy2, saved.pop(), r.wgrad, cfg, ctx.w_dtype)
             elif need_dw:
@@ -238,6 +250,8 @@ class _Fp8LinearFn(torch.autograd.Function):
                 dw = _mm(a, b, r.wgrad, ctx.w_dtype, cfg)
         else:
             x2, w = ctx.saved_tensors
+            if cfg.probe is not None:  # telemetry hook point: dy as dgrad's A operand casts it
+                cfg.probe("grad_output", dy2, _quantize(dy2, r.dgrad.a_format, a_gran, None, cfg))
             if need_dx:
                 qdy = _quantize(dy2, r.dgrad.a_format, a_gran, None, cfg)
                 qw = _quantize_b(w.t().contiguous(), r.dgrad.b_format, b_gran, None, cfg)
@@ -266,6 +280,9 @@ class Linear(nn.Linear):
     E4M3 forward, E5M2 gradients). ``backend`` names a backend; None lets the registry choose
     (``use_backend``, ``PORTABLE_FP8_BACKEND``, or the tensors' device).
     """
+
+    #: Set by :mod:`portable_fp8.nn.telemetry` on sampled steps only (None: telemetry off).
+    _fp8_probe: Callable[[str, torch.Tensor, Fp8Tensor], None] | None = None
 
     def __init__(
         self,
@@ -339,6 +356,7 @@ class Linear(nn.Linear):
             dim_multiple=cops.gemm_dim_multiple(self.backend, device_type),
             update_state=self.training,
             dtype=dtype,
+            probe=self._fp8_probe,
         )
         out = _Fp8LinearFn.apply(x, self.weight, self.bias, cfg, self.amax_history, self.scale)
         return out
