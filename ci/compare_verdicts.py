@@ -1,13 +1,35 @@
-"""Compare per-case verdicts of two conformance JSON reports (by case id)."""
-import json, sys
-a = {c["id"]: c["verdict"] for c in json.load(open(sys.argv[1]))["cases"]}
-b = {c["id"]: c["verdict"] for c in json.load(open(sys.argv[2]))["cases"]}
-common = a.keys() & b.keys()
-changed = sorted(i for i in common if a[i] != b[i])
-print(f"{sys.argv[1]} vs {sys.argv[2]}: before {len(a)} cases, after {len(b)}; "
-      f"common {len(common)}, same verdict {len(common) - len(changed)}, changed {len(changed)}; "
-      f"only before {len(a.keys() - b.keys())}, only after {len(b.keys() - a.keys())}")
-for i in changed[:20]:
-    print("  changed:", i, a[i], "->", b[i])
-for i in sorted(a.keys() - b.keys())[:20]:
-    print("  only before:", i)
+"""Compare the per-case verdicts of two conformance JSON reports, by case id.
+
+    python ci/compare_verdicts.py BEFORE.json AFTER.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _verdicts(path: str) -> dict[str, str]:
+    return {c["id"]: c["verdict"] for c in json.loads(Path(path).read_text())["cases"]}
+
+
+def main(before_path: str, after_path: str) -> int:
+    before, after = _verdicts(before_path), _verdicts(after_path)
+    common = before.keys() & after.keys()
+    changed = sorted(i for i in common if before[i] != after[i])
+    print(
+        f"{before_path} vs {after_path}: before {len(before)} cases, after {len(after)}; "
+        f"common {len(common)}, same verdict {len(common) - len(changed)}, changed "
+        f"{len(changed)}; only before {len(before.keys() - after.keys())}, only after "
+        f"{len(after.keys() - before.keys())}"
+    )
+    for i in changed[:20]:
+        print("  changed:", i, before[i], "->", after[i])
+    for i in sorted(before.keys() - after.keys())[:20]:
+        print("  only before:", i)
+    return 1 if changed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(*sys.argv[1:3]))
