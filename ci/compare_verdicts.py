@@ -1,6 +1,6 @@
 """Compare the per-case verdicts of two conformance JSON reports, by case id.
 
-    python ci/compare_verdicts.py BEFORE.json AFTER.json
+python ci/compare_verdicts.py BEFORE.json AFTER.json
 """
 
 from __future__ import annotations
