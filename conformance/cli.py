@@ -115,6 +115,7 @@ def _run(args: argparse.Namespace) -> int:
             progress=None if not args.no_progress else False,
             fingerprint=not args.no_fingerprint,
             command=command,
+            exitfirst=args.exitfirst,
         )
     except SuiteInterrupted as stop:
         report = stop.report
@@ -158,6 +159,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--case", metavar="GLOB", help="run only the cases whose id matches GLOB")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-fingerprint", action="store_true", help="skip the numerics probes")
+    p.add_argument(
+        "-x",
+        "--exitfirst",
+        action="store_true",
+        help="stop at the first failed case (exit 1; the reports hold the cases that ran)",
+    )
     p.set_defaults(func=_run)
     return p
 

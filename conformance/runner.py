@@ -220,6 +220,7 @@ def run_suite(
     progress: bool | None = None,
     fingerprint: bool = True,
     command: str = "",
+    exitfirst: bool = False,
 ) -> SuiteReport:
     """Run the suite and return its report.
 
@@ -227,6 +228,8 @@ def run_suite(
     known-deviations ``deviations`` are a mapping or a file path. ``progress=None`` shows a
     progress bar only when stderr is a terminal. A KeyboardInterrupt during the run is
     raised as :class:`SuiteInterrupted`, carrying the report of the cases that ran.
+    ``exitfirst=True`` stops at the first failed case (the report then holds the cases up to
+    and including it, no fingerprint; it is not ``ok``): fail-fast, for mutation testing.
     """
     if profile not in PROFILES:
         raise Fp8ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -244,6 +247,7 @@ def run_suite(
     bar = _Progress(len(cases), progress)
     records: list[CaseRecord] = []
     fp: dict[str, Any] = {}
+    stopped = False  # set when exitfirst stops the run at a failure
 
     def report(interrupted: bool) -> SuiteReport:
         return SuiteReport(
@@ -265,7 +269,10 @@ def run_suite(
             result = run_one(case, env, devs)
             records.append(CaseRecord(case.id, case.kind, case.description, result))
             bar.update(i, case.id, result.verdict)
-        if fingerprint:
+            if exitfirst and result.verdict is Verdict.FAILED:
+                stopped = True
+                break
+        if fingerprint and not stopped:
             from .fingerprint import numerics_fingerprint
 
             fp = numerics_fingerprint(env)
