@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import sqlite3
+import subprocess
 import sys
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 
 def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -31,30 +35,52 @@ def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _compiles(diff: str) -> bool:
+    """Whether the mutated module (``diff`` applied to this checkout's file) is valid Python."""
+    path = re.search(r"^--- a/(\S+)", diff, re.M)
+    if path is None:
+        return True
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "m.py"
+        shutil.copy(path.group(1), target)
+        subprocess.run(["patch", "-s", str(target)], input=diff, text=True, check=True,
+                       capture_output=True)  # fmt: skip
+        try:
+            compile(target.read_text(), str(target), "exec")
+        except SyntaxError:
+            return False
+    return True
+
+
 def main() -> int:
     session, *md = sys.argv[1:]
     db = sqlite3.connect(session)
     total = db.execute("SELECT count(*) FROM work_items").fetchone()[0]
-    rows = db.execute("SELECT job_id, worker_outcome, test_outcome, output FROM work_results")
+    rows = db.execute("SELECT job_id, worker_outcome, test_outcome, output, diff FROM work_results")
     kinds: Counter[str] = Counter()
     survivors = []
-    for job, worker, test, output in rows:
+    for job, worker, test, output, diff in rows:
         if worker == "SKIPPED":
             kinds["skipped: " + (output or "").removeprefix("skipped: ")] += 1
         elif worker == "NORMAL" and test == "SURVIVED":
             survivors.append(job)
         else:  # KILLED, INCOMPETENT, or a worker outcome ABNORMAL/EXCEPTION (timeout, crash)
             kinds["killed"] += 1
-    done = sum(kinds.values()) + len(survivors)
+            if diff and not _compiles(diff):
+                kinds["invalid"] += 1
+    done = sum(kinds.values()) - kinds["invalid"] + len(survivors)
     print(f"mutants: {total}")
     for kind, n in sorted(kinds.items()):
         if kind.startswith("skipped"):
             print(f"  {kind}: {n}")
     run = kinds["killed"] + len(survivors)
-    print(f"run: {run}; killed: {kinds['killed']}; survived: {len(survivors)}")
+    print(
+        f"run: {run}; killed: {kinds['killed']} (of which {kinds['invalid']} are not valid "
+        f"Python, e.g. the bare `*` of a signature turned into `//`); survived: {len(survivors)}"
+    )
     print(f"pending (not run yet): {total - done}")
     if md:
-        text = open(md[0]).read()
+        text = Path(md[0]).read_text()
         equivalent = unreachable = killed_new = 0
         for job in survivors:
             line = next((ln for ln in text.splitlines() if job[:8] in ln), "")
@@ -77,6 +103,13 @@ def main() -> int:
         print(
             f"kill rate among non-equivalent mutants run: {killed}/{live} = {rate:.1%} "
             f"(95% Wilson interval {lo:.1%}-{hi:.1%})"
+        )
+        valid_killed, valid_live = killed - kinds["invalid"], live - kinds["invalid"]
+        lo, hi = _wilson(valid_killed, valid_live)
+        rate = valid_killed / valid_live if valid_live else float("nan")
+        print(
+            f"the same without the invalid-Python mutants: {valid_killed}/{valid_live} = "
+            f"{rate:.1%} (95% Wilson interval {lo:.1%}-{hi:.1%})"
         )
     return 0
 
