@@ -309,6 +309,16 @@ def test_bound_with_promotion_terms(k):
     assert math.isclose(got.item(), want + tiny, rel_tol=1e-12)
 
 
+def test_bound_is_infinite_from_n_u_equal_to_one():
+    """gamma_n is infinite once n u >= 1, the equality included: K + 4 = 2**13 terms at
+    u = 2**-13 (a 14-bit truncating accumulator without promotion) give an infinite bound."""
+    narrow = AccumulatorModel(13, "truncate", 32)
+    assert narrow.unit_roundoff == 2.0**-13
+    s = e = torch.ones(1, 1, dtype=torch.float64)  # exact = 0 would give inf * 0 = NaN
+    got = gemm_error_bound(s, 2**13 - 4, accumulator=narrow, out_dtype=torch.float32, exact=e)
+    assert math.isinf(got.item())
+
+
 def test_e4m3_exact_sum_holds_for_large_k():
     """Products of E4M3FN codes are multiples of 2**-18 below 2**18: float64 sums stay exact.
 
