@@ -206,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
             fingerprint=not args.no_fingerprint,
             command=command,
             progress_interval=args.progress_interval,
+            exitfirst=args.exitfirst,
         )
     except SuiteInterrupted as stop:
         report = stop.report
@@ -289,6 +290,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="skip the numerics fingerprint probes (accumulator bits, rounding, specials) "
         "that follow the cases",
+    )
+    p.add_argument(
+        "-x",
+        "--exitfirst",
+        action="store_true",
+        help="stop at the first failed case (exit 1; the reports hold the cases that ran)",
     )
     p.set_defaults(func=_run)
     return p

@@ -199,6 +199,7 @@ def run_suite(
     fingerprint: bool = True,
     command: str = "",
     progress_interval: float = DEFAULT_INTERVAL_S,
+    exitfirst: bool = False,
 ) -> SuiteReport:
     """Run the suite and return its report.
 
@@ -208,6 +209,8 @@ def run_suite(
     plain line every ``progress_interval`` seconds; ``progress=False`` silences it (``None``
     and ``True`` both show it). A KeyboardInterrupt during the run is
     raised as :class:`SuiteInterrupted`, carrying the report of the cases that ran.
+    ``exitfirst=True`` stops at the first failed case (the report then holds the cases up to
+    and including it, no fingerprint; it is not ``ok``): fail-fast, for mutation testing.
     """
     if profile not in PROFILES:
         raise Fp8ValueError(f"profile must be one of {PROFILES}, got {profile!r}")
@@ -225,6 +228,7 @@ def run_suite(
     bar = RunProgress(len(cases), enabled=progress is not False, interval=progress_interval)
     records: list[CaseRecord] = []
     fp: dict[str, Any] = {}
+    stopped = False  # set when exitfirst stops the run at a failure
 
     def report(interrupted: bool) -> SuiteReport:
         return SuiteReport(
@@ -248,7 +252,10 @@ def run_suite(
                 result = run_one(case, env, devs)
                 records.append(CaseRecord(case.id, case.kind, case.description, result))
                 bar.end_case(result.verdict is Verdict.FAILED)
-            if fingerprint:
+                if exitfirst and result.verdict is Verdict.FAILED:
+                    stopped = True
+                    break
+            if fingerprint and not stopped:
                 from .fingerprint import numerics_fingerprint
 
                 bar.start_fingerprint()

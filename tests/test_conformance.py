@@ -334,6 +334,23 @@ def test_cli_exit_status_and_outputs(tmp_path, registered, capsys, monkeypatch):
     assert "FAILED gemm/" in capsys.readouterr().out
 
 
+def test_exitfirst_stops_at_the_first_failed_case(tmp_path, registered, capsys):
+    registered(IgnoresBias())
+    common = ["--backend", "mutant-nobias", "--case", "gemm/*bias*", "--no-progress"]
+    everything = run_suite("mutant-nobias", select="gemm/*bias*", fingerprint=False)
+    assert len(everything.failed) > 1  # so stopping after one is observable
+    first = run_suite("mutant-nobias", select="gemm/*bias*", exitfirst=True)
+    assert [r.result.verdict for r in first.records][-1] is Verdict.FAILED
+    assert len(first.failed) == 1 and not first.ok and not first.interrupted
+    assert first.fingerprint == {}  # a stopped run skips the probes
+    assert [r.id for r in first.records] == [r.id for r in everything.records][: len(first.records)]
+    out = tmp_path / "r.json"
+    assert portable_fp8.cli.main(["conformance", *common, "-x", "--json", str(out)]) == 1
+    data = json.loads(out.read_text())
+    assert data["status"] == "failed" and len(data["cases"]) == len(first.records)
+    assert capsys.readouterr().out.count("FAILED gemm/") == 1
+
+
 def test_cli_backend_defaults_to_environment(monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)  # reports go to conformance-report/ here
     monkeypatch.setenv(registry.ENV_VAR, "reference")

@@ -459,6 +459,28 @@ def test_stochastic_threshold_is_strict(name):
     assert np.array_equal(values[below], np.where(hi > fmt.max, fmt.max, hi))
 
 
+@pytest.mark.parametrize("name", [n for n in ALL_NAMES if not FORMATS[n].exponent_only])
+def test_stochastic_deep_below_the_smallest_subnormal(name):
+    """|y| = min_subnormal * 2**-j * (1 + m/2**23), j = 1..44: the rounding shift d = 23 + j
+    passes 32 (the emulator then compares without shifting r left) and its clamp at 56.
+    Between 0 and min_subnormal, f = |y| / min_subnormal exactly, and the bits at and next
+    to the threshold f * 2**32 (and random ones) must follow the float64 rule."""
+    fmt = FORMATS[name]
+    rng = np.random.default_rng(5)
+    j = np.repeat(np.arange(1, 45), 64)
+    mant = rng.integers(0, 2**23, size=j.shape)
+    y = (fmt.min_subnormal * np.exp2(-j.astype(np.float64)) * (1 + mant / 2.0**23)).astype(
+        np.float32
+    )
+    y = y[y > 0]
+    t = y.astype(np.float64) / fmt.min_subnormal * 2.0**32  # f * 2**32, exact in float64
+    for r in (np.floor(t), np.floor(t) - 1, np.ceil(t), np.ceil(t) + 1, np.zeros_like(t),
+              rng.integers(0, 2**32, size=t.shape).astype(np.float64)):  # fmt: skip
+        bits = np.clip(r, 0, 2**32 - 1).astype(np.int64)
+        expected = reference_round(y, fmt, saturate=True, rand_bits=bits)
+        assert_same_codes(_emulate(y, name, True, bits), expected, fmt, f"{name} deep", y)
+
+
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_stochastic_gives_only_the_two_neighbours(name):
     fmt = FORMATS[name]

@@ -283,6 +283,42 @@ def test_bound_derivation_terms():
     assert math.isinf(wide[0, 0].item())
 
 
+@pytest.mark.parametrize("k", [100, 128, 256, 300, 129])
+def test_bound_with_promotion_terms(k):
+    """The promoted-accumulator factor is the docstring's formula, exactly: with B = 128
+    products per narrow block (u = 2**-13, 14-bit truncation) it is
+    gamma_B(u) + gamma_{ceil(K/B)+4}(2**-24) (1 + gamma_B(u)) once K > B, and gamma_{K+4}(u)
+    for K <= B (a single block is plain narrow accumulation). K = 256 is a multiple of B,
+    where ceil(K/B) = K/B."""
+    model = DEEPGEMM_PROMOTED_ACCUMULATOR
+    s = torch.tensor([[1.0]], dtype=torch.float64)
+    e = torch.zeros(1, 1, dtype=torch.float64)
+    got = gemm_error_bound(s, k, accumulator=model, out_dtype=torch.float32, exact=e)
+
+    def gamma(n, u):
+        return n * u / (1 - n * u)
+
+    u, b = 2.0**-13, 128
+    assert model.unit_roundoff == u and model.promote_every == b
+    if k > b:
+        want = gamma(b, u) + gamma(math.ceil(k / b) + 4, 2.0**-24) * (1 + gamma(b, u))
+    else:
+        want = gamma(k + 4, u)
+    tiny = torch.finfo(torch.float32).smallest_normal * torch.finfo(torch.float32).eps
+    # rel_tol: both sides evaluate the same few float64 operations, in a different order
+    assert math.isclose(got.item(), want + tiny, rel_tol=1e-12)
+
+
+def test_bound_is_infinite_from_n_u_equal_to_one():
+    """gamma_n is infinite once n u >= 1, the equality included: K + 4 = 2**13 terms at
+    u = 2**-13 (a 14-bit truncating accumulator without promotion) give an infinite bound."""
+    narrow = AccumulatorModel(13, "truncate", 32)
+    assert narrow.unit_roundoff == 2.0**-13
+    s = e = torch.ones(1, 1, dtype=torch.float64)  # exact = 0 would give inf * 0 = NaN
+    got = gemm_error_bound(s, 2**13 - 4, accumulator=narrow, out_dtype=torch.float32, exact=e)
+    assert math.isinf(got.item())
+
+
 def test_e4m3_exact_sum_holds_for_large_k():
     """Products of E4M3FN codes are multiples of 2**-18 below 2**18: float64 sums stay exact.
 
