@@ -36,6 +36,7 @@ Contract (per call, with ``x`` of shape (..., in) flattened to M x K and W of sh
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import NamedTuple
 
 import torch
@@ -46,10 +47,24 @@ from ..numerics.formats import get_format
 from ..numerics.granularity import TENSORWISE, Granularity
 from ..numerics.scaling import scale_from_amax
 from ..numerics.tensor import Fp8Tensor
-from . import _custom_ops as cops
 from .recipes import ROLES, CurrentScaling, DelayedScaling, GemmSpec, Recipe, StaticScaling
 
 __all__ = ["Linear"]
+
+
+_cops: ModuleType | None = None  # the torch.library custom ops, registered on first use
+
+
+def _custom_ops() -> ModuleType:
+    """The custom-op module, imported (and its ops registered) when first needed: a
+    ``torch.library.Library`` alive at interpreter exit costs about 0.2 s of teardown, which
+    a program that never builds a Linear should not pay."""
+    global _cops
+    if _cops is None:
+        from . import _custom_ops as module
+
+        _cops = module
+    return _cops
 
 
 class _Cfg(NamedTuple):
@@ -65,7 +80,9 @@ class _Cfg(NamedTuple):
 
 def _quantize(x: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> Fp8Tensor:
     r = cfg.recipe
-    data, s, s_inv = cops.quantize(x, fmt, gran.name, scale, r.margin, r.power_of_two, cfg.backend)
+    data, s, s_inv = (_cops or _custom_ops()).quantize(
+        x, fmt, gran.name, scale, r.margin, r.power_of_two, cfg.backend
+    )
     return Fp8Tensor(data, s, get_format(fmt), gran, s_inv)
 
 
@@ -84,7 +101,7 @@ def _amax(x: torch.Tensor, cfg: _Cfg) -> torch.Tensor:
     """
     if torch.compiler.is_compiling():
         return x.abs().amax().to(torch.float32)  # exact in any order; NaN propagates
-    return cops.amax(x, cfg.backend)
+    return (_cops or _custom_ops()).amax(x, cfg.backend)
 
 
 def _quantize_pair(x: torch.Tensor, fmt: str, scale, cfg: _Cfg, transposed: bool):
@@ -96,7 +113,7 @@ def _quantize_pair(x: torch.Tensor, fmt: str, scale, cfg: _Cfg, transposed: bool
         return _quantize(x, fmt, TENSORWISE, scale, cfg), None
     r = cfg.recipe
     amax = _amax(x, cfg) if scale is None and torch.compiler.is_compiling() else None
-    data, data_t, s, s_inv, _ = cops.quantize_transpose(
+    data, data_t, s, s_inv, _ = (_cops or _custom_ops()).quantize_transpose(
         x, fmt, scale, amax, r.margin, r.power_of_two, cfg.backend
     )
     f = get_format(fmt)
@@ -109,7 +126,7 @@ def _mm(
     """One of the layer's GEMMs: ``spec`` gives its output dtype (else ``default_out``) and
     whether it may use the backend's fast accumulator. The operands are flattened here, at
     the custom op's boundary."""
-    return cops.scaled_mm(
+    return (_cops or _custom_ops()).scaled_mm(
         a.data, a.scale, a.scale_inv, a.format.name, a.granularity.name,
         b.data, b.scale, b.scale_inv, b.format.name, b.granularity.name,
         spec.out_dtype or default_out, spec.fast_accum, cfg.backend,
@@ -295,7 +312,7 @@ class Linear(nn.Linear):
         recipe: Recipe | None = None,
         backend: str | None = None,
     ) -> None:
-        cops.prepare_for_compile()  # before any torch.compile can trace forward
+        _custom_ops().prepare_for_compile()  # before any torch.compile can trace forward
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.recipe = recipe if recipe is not None else CurrentScaling()
         self.backend = backend
@@ -332,7 +349,7 @@ class Linear(nn.Linear):
 
     def __setstate__(self, state) -> None:
         # Unpickling and deepcopy skip __init__; a restored layer may be compiled next.
-        cops.prepare_for_compile()
+        _custom_ops().prepare_for_compile()
         super().__setstate__(state)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -353,7 +370,7 @@ class Linear(nn.Linear):
         cfg = _Cfg(
             recipe=self.recipe,
             backend=self.backend,
-            dim_multiple=cops.gemm_dim_multiple(self.backend, device_type),
+            dim_multiple=_custom_ops().gemm_dim_multiple(self.backend, device_type),
             update_state=self.training,
             dtype=dtype,
             probe=self._fp8_probe,
