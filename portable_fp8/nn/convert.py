@@ -128,6 +128,35 @@ def _filter_fn(
     return lambda module, fqn: module_filter(fqn, module)
 
 
+def _replace_linears(
+    model: nn.Module,
+    replace: Callable[[str, nn.Linear], nn.Module],
+    skipped: dict[str, str],
+    *,
+    already: tuple[type, ...] = (),
+) -> nn.Module:
+    """Put ``replace(fqn, layer)`` in the place of every ``nn.Linear`` of ``model`` (in
+    place; a root Linear's replacement is returned). Instances of ``already`` are left
+    alone; Linears inside ``nn.MultiheadAttention``, which reads their weights directly
+    instead of calling them, are recorded in ``skipped`` and left alone."""
+
+    def visit(name: str, module: nn.Module) -> nn.Module:
+        if isinstance(module, nn.Linear) and not isinstance(module, already):
+            return replace(name, module)
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(module, nn.MultiheadAttention):
+                if isinstance(child, nn.Linear):
+                    skipped[full] = "nn.MultiheadAttention uses its weights directly"
+                continue
+            new = visit(full, child)
+            if new is not child:
+                setattr(module, child_name, new)
+        return module
+
+    return visit("", model)
+
+
 def convert(
     model: nn.Module,
     recipe: Recipe | None = None,
@@ -160,31 +189,20 @@ def convert(
     chosen = select_backend(backend, device_type)
     report = ConversionReport(backend=chosen.name, recipe=recipe)
 
-    def visit(name: str, module: nn.Module) -> nn.Module:
-        if isinstance(module, nn.Linear) and not isinstance(module, Linear):
-            if keep is not None and not keep(module, name):
-                report.excluded.append(name)
-                return module
-            why = unsupported_reason(
-                chosen, recipe, module.in_features, module.out_features, device=device_type
-            )
-            if why is not None:
-                report.skipped[name] = why
-                return module
-            report.converted.append(name)
-            return Linear.from_linear(module, recipe=recipe, backend=backend)
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if isinstance(module, nn.MultiheadAttention):
-                if isinstance(child, nn.Linear):
-                    report.skipped[full] = "nn.MultiheadAttention uses its weights directly"
-                continue
-            new = visit(full, child)
-            if new is not child:
-                setattr(module, child_name, new)
-        return module
+    def replace(name: str, module: nn.Linear) -> nn.Module:
+        if keep is not None and not keep(module, name):
+            report.excluded.append(name)
+            return module
+        why = unsupported_reason(
+            chosen, recipe, module.in_features, module.out_features, device=device_type
+        )
+        if why is not None:
+            report.skipped[name] = why
+            return module
+        report.converted.append(name)
+        return Linear.from_linear(module, recipe=recipe, backend=backend)
 
-    model = visit("", model)
+    model = _replace_linears(model, replace, report.skipped, already=(Linear,))
     setattr(model, REPORT_ATTRIBUTE, report)
     if report.skipped:
         warnings.warn(

@@ -42,6 +42,7 @@ from ..numerics.formats import get_format
 from ..numerics.granularity import get_granularity
 from ..numerics.scaling import round_scale_to_choices, scale_from_amax
 from ..numerics.tensor import Fp8Tensor
+from .convert import _replace_linears
 
 __all__ = [
     "ACTIVATIONS",
@@ -368,56 +369,45 @@ def convert_for_inference(
     chosen = select_backend(backend, device)
     report = InferenceReport(chosen.name, weight_granularity, activation, activation_granularity)
 
-    def visit(name: str, module: nn.Module) -> nn.Module:
-        if isinstance(module, nn.Linear):
-            if module_filter_fn is not None and not module_filter_fn(module, name):
-                report.excluded.append(name)
-                return module
-            why = _unsupported(
-                chosen, device, fmt, weight_granularity, activation_granularity,
-                module.in_features, module.out_features,
-            )  # fmt: skip
-            if why is not None:
-                report.skipped[name] = why
-                return module
-            input_scale = None
-            if activation == "static":
-                amax = calibration.amax_of(name)
-                input_scale = scale_from_amax(
-                    torch.tensor(amax, dtype=torch.float32),
-                    get_format(fmt),
-                    margin=margin,
-                    power_of_two=power_of_two,
-                    choices=choices,
-                ).to(module.weight.device)
-            new = InferenceLinear.from_linear(
-                module,
-                weight_granularity=weight_granularity,
-                activation=activation,
-                activation_granularity=activation_granularity,
-                input_scale=input_scale,
-                format=fmt,
+    def replace(name: str, module: nn.Linear) -> nn.Module:
+        if module_filter_fn is not None and not module_filter_fn(module, name):
+            report.excluded.append(name)
+            return module
+        why = _unsupported(
+            chosen, device, fmt, weight_granularity, activation_granularity,
+            module.in_features, module.out_features,
+        )  # fmt: skip
+        if why is not None:
+            report.skipped[name] = why
+            return module
+        input_scale = None
+        if activation == "static":
+            amax = calibration.amax_of(name)
+            input_scale = scale_from_amax(
+                torch.tensor(amax, dtype=torch.float32),
+                get_format(fmt),
                 margin=margin,
                 power_of_two=power_of_two,
                 choices=choices,
-                backend=backend,
-            )
-            report.converted.append(name)
-            w = module.weight
-            report.weight_bytes_before += w.numel() * w.element_size()
-            report.weight_bytes_after += new.weight_bytes()
-            return new
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if isinstance(module, nn.MultiheadAttention):
-                if isinstance(child, nn.Linear):
-                    report.skipped[full] = "nn.MultiheadAttention uses its weights directly"
-                continue
-            new = visit(full, child)
-            if new is not child:
-                setattr(module, child_name, new)
-        return module
+            ).to(module.weight.device)
+        new = InferenceLinear.from_linear(
+            module,
+            weight_granularity=weight_granularity,
+            activation=activation,
+            activation_granularity=activation_granularity,
+            input_scale=input_scale,
+            format=fmt,
+            margin=margin,
+            power_of_two=power_of_two,
+            choices=choices,
+            backend=backend,
+        )
+        report.converted.append(name)
+        w = module.weight
+        report.weight_bytes_before += w.numel() * w.element_size()
+        report.weight_bytes_after += new.weight_bytes()
+        return new
 
-    model = visit("", model)
+    model = _replace_linears(model, replace, report.skipped)
     model.fp8_conversion = report  # type: ignore[assignment]
     return model
