@@ -19,7 +19,7 @@ loc="$("$py" -c 'import portable_fp8, sys; print(portable_fp8.__file__)')"
 case "$loc" in "$work/venv/"*) ;; *) echo "wheel check imported $loc, not the wheel"; exit 1 ;; esac
 "$work/venv/bin/portable-fp8" backends
 "$work/venv/bin/portable-fp8" conformance --profile quick --backend cpu --no-progress \
-    --json "$work/quick.json"
+    --json "$work/quick.json" --report "$work/quick.html"  # the HTML template ships too
 # The pytest11 entry point must not break an unrelated project's test run.
 mkdir -p "$work/other"
 printf 'def test_unrelated():\n    assert 1 + 1 == 2\n' >"$work/other/test_other.py"
