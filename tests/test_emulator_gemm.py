@@ -30,6 +30,7 @@ from portable_fp8.numerics.formats import FORMATS
 from portable_fp8.numerics.gemm import (
     FP32_ACCUMULATOR,
     AccumulatorModel,
+    _round_significand_,
     abs_product_sum,
     gemm_error_bound,
     reference_scaled_mm,
@@ -380,3 +381,48 @@ def test_narrow_sum_matches_a_plain_model(formats, model):
     got = _run(a, b, accumulator=AccumulatorModel(mantissa_bits, rounding, group))
     expected = _oracle_narrow_sum(va.double().numpy(), vb.double().numpy(), *model)
     assert np.array_equal(got.numpy(), expected.astype(np.float32))
+
+
+def test_bound_adds_the_addends_to_the_product_magnitudes():
+    """With bias/C addends the bound scales gamma by sum|a||b| + |addends| (a sum: each
+    addend is one more term of the accumulated sum), exactly."""
+    s = torch.tensor([[3.0]], dtype=torch.float64)
+    add = torch.tensor([[5.0]], dtype=torch.float64)
+    e = torch.zeros(1, 1, dtype=torch.float64)
+    got = gemm_error_bound(s, 64, accumulator=None, out_dtype=torch.float32, exact=e, addends=add)
+    u = 2.0**-24
+    gamma = 68 * u / (1 - 68 * u)  # gamma_{K+4}(u) for K = 64
+    tiny = torch.finfo(torch.float32).smallest_normal * torch.finfo(torch.float32).eps
+    assert math.isclose(got.item(), gamma * (3.0 + 5.0) + tiny, rel_tol=1e-12)
+
+
+def test_accumulator_model_is_a_frozen_hashable_value():
+    """Capabilities are frozen and cached by value: their accumulator model must be too."""
+    import dataclasses
+
+    model = AccumulatorModel(13, "truncate", 1)
+    assert hash(model) == hash(AccumulatorModel(13, "truncate", 1))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.mantissa_bits = 10  # type: ignore[misc]
+
+
+def test_unit_roundoff_compares_the_rounding_by_value():
+    """A rounding name built at run time (read from a report, say) is the same rounding."""
+    nearest = "".join(["near", "est"])
+    assert AccumulatorModel(10, nearest).unit_roundoff == 2.0**-11
+    assert AccumulatorModel(10, "".join(["trun", "cate"])).unit_roundoff == 2.0**-10
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "truncate"])
+def test_two_bit_accumulator_rounds_to_two_significant_bits(rounding):
+    """mantissa_bits = 1 keeps two significant bits (the bit-pattern path), checked against
+    rounding the scaled significand in float64: m = frexp mantissa in [0.5, 1), 2 bits are
+    round(m * 4) / 4 (ties to even) or trunc(m * 4) / 4."""
+    x = torch.tensor([1.0, 1.25, 1.375, 1.5, 1.625, 1.75, 1.875, -1.375, 3.3, 0.7, 100.0],
+                     dtype=torch.float64)  # fmt: skip
+    model = AccumulatorModel(1, rounding)
+    got = _round_significand_(x.clone(), model)
+    m, e = np.frexp(x.numpy())
+    r = np.round(m * 4) if rounding == "nearest" else np.trunc(m * 4)
+    want = np.ldexp(r / 4, e)
+    assert np.array_equal(got.numpy(), want), (got, want)
