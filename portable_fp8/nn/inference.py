@@ -66,6 +66,14 @@ _PAIR_FOR_WEIGHT = {
 }
 
 
+def _gemm_pair(weight_gran: str, activation_gran: str) -> tuple[str, str]:
+    """The GEMM's (A, B) granularity pair: the weight's, made rowwise x columnwise when
+    per-token activations meet a tensorwise weight."""
+    if weight_gran == "tensorwise" and activation_gran == "rowwise":
+        return "rowwise", "columnwise"
+    return _PAIR_FOR_WEIGHT[weight_gran]
+
+
 def _check_choice(value: object, allowed: Sequence[str], what: str) -> str:
     if value.__class__ is not str or value not in allowed:
         raise Fp8ValueError(f"{what} must be one of {tuple(allowed)}, got {value!r}")
@@ -241,20 +249,16 @@ class InferenceLinear(nn.Module):
                 f"input has {x.shape[-1]} features, the layer takes {self.in_features}"
             )
         x2 = x.reshape(-1, self.in_features)
-        a_gran, b_gran = _PAIR_FOR_WEIGHT[self.weight_granularity]
         if self.input_scale is not None:
             qx = ops.quantize(x2, self.format, scale=self.input_scale, backend=self.backend)
         else:
             qx = ops.quantize(
                 x2, self.format, granularity=self.activation_granularity, backend=self.backend
             )
-        qw = self.quantized_weight.t()  # K x N (views)
-        if self.weight_granularity == "tensorwise" and qx.granularity.name == "rowwise":
-            a_gran, b_gran = "rowwise", "columnwise"
+        a_gran, b_gran = _gemm_pair(self.weight_granularity, qx.granularity.name)
         qx = _spread(qx, a_gran)
-        qw = _spread(qw, b_gran) if qw.granularity.name != b_gran else qw
-        bias = None if self.bias is None else self.bias
-        out = ops.scaled_mm(qx, qw, out_dtype=x.dtype, bias=bias, backend=self.backend)
+        qw = _spread(self.quantized_weight.t(), b_gran)  # K x N (views)
+        out = ops.scaled_mm(qx, qw, out_dtype=x.dtype, bias=self.bias, backend=self.backend)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _apply(self, fn, recurse=True):
@@ -313,9 +317,7 @@ class InferenceReport:
 
 def _unsupported(backend, device: str, fmt: str, weight_gran: str, act_gran: str, k: int, n: int):
     caps = backend.capabilities
-    a_gran, b_gran = _PAIR_FOR_WEIGHT[weight_gran]
-    if weight_gran == "tensorwise" and act_gran == "rowwise":
-        a_gran, b_gran = "rowwise", "columnwise"
+    a_gran, b_gran = _gemm_pair(weight_gran, act_gran)
     for gran in {weight_gran, act_gran}:
         why = caps.why_not_cast(device, fmt, saturate=True, rounding="nearest", granularity=gran)
         if why is not None:

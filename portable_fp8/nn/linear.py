@@ -80,7 +80,7 @@ class _Cfg(NamedTuple):
 
 def _quantize(x: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> Fp8Tensor:
     r = cfg.recipe
-    data, s, s_inv = (_cops or _custom_ops()).quantize(
+    data, s, s_inv = _custom_ops().quantize(
         x, fmt, gran.name, scale, r.margin, r.power_of_two, cfg.backend
     )
     return Fp8Tensor(data, s, get_format(fmt), gran, s_inv)
@@ -101,7 +101,7 @@ def _amax(x: torch.Tensor, cfg: _Cfg) -> torch.Tensor:
     """
     if torch.compiler.is_compiling():
         return x.abs().amax().to(torch.float32)  # exact in any order; NaN propagates
-    return (_cops or _custom_ops()).amax(x, cfg.backend)
+    return _custom_ops().amax(x, cfg.backend)
 
 
 def _quantize_pair(x: torch.Tensor, fmt: str, scale, cfg: _Cfg, transposed: bool):
@@ -113,7 +113,7 @@ def _quantize_pair(x: torch.Tensor, fmt: str, scale, cfg: _Cfg, transposed: bool
         return _quantize(x, fmt, TENSORWISE, scale, cfg), None
     r = cfg.recipe
     amax = _amax(x, cfg) if scale is None and torch.compiler.is_compiling() else None
-    data, data_t, s, s_inv, _ = (_cops or _custom_ops()).quantize_transpose(
+    data, data_t, s, s_inv, _ = _custom_ops().quantize_transpose(
         x, fmt, scale, amax, r.margin, r.power_of_two, cfg.backend
     )
     f = get_format(fmt)
@@ -126,7 +126,7 @@ def _mm(
     """One of the layer's GEMMs: ``spec`` gives its output dtype (else ``default_out``) and
     whether it may use the backend's fast accumulator. The operands are flattened here, at
     the custom op's boundary."""
-    return (_cops or _custom_ops()).scaled_mm(
+    return _custom_ops().scaled_mm(
         a.data, a.scale, a.scale_inv, a.format.name, a.granularity.name,
         b.data, b.scale, b.scale_inv, b.format.name, b.granularity.name,
         spec.out_dtype or default_out, spec.fast_accum, cfg.backend,
