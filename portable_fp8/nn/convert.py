@@ -128,6 +128,14 @@ def _filter_fn(
     return lambda module, fqn: module_filter(fqn, module)
 
 
+def _device_and_backend(model: nn.Module, backend: str | None) -> tuple[str, Backend]:
+    """The device type of ``model``'s first parameter ("cpu" without any) and the backend
+    named ``backend``, or the registry's choice for that device."""
+    first = next(model.parameters(), None)
+    device_type = first.device.type if first is not None else "cpu"
+    return device_type, select_backend(backend, device_type)
+
+
 def _replace_linears(
     model: nn.Module,
     replace: Callable[[str, nn.Linear], nn.Module],
@@ -184,9 +192,7 @@ def convert(
     """
     keep = _filter_fn(module_filter_fn, module_filter)
     recipe = recipe if recipe is not None else CurrentScaling()
-    params = list(model.parameters())
-    device_type = params[0].device.type if params else "cpu"
-    chosen = select_backend(backend, device_type)
+    device_type, chosen = _device_and_backend(model, backend)
     report = ConversionReport(backend=chosen.name, recipe=recipe)
 
     def replace(name: str, module: nn.Linear) -> nn.Module:

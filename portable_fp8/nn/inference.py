@@ -36,13 +36,12 @@ import torch
 from torch import nn
 
 from ..dispatch import ops
-from ..dispatch.registry import select_backend
 from ..errors import Fp8Error, Fp8TypeError, Fp8ValueError
 from ..numerics.formats import get_format
 from ..numerics.granularity import get_granularity
 from ..numerics.scaling import round_scale_to_choices, scale_from_amax
 from ..numerics.tensor import Fp8Tensor
-from .convert import _replace_linears
+from .convert import _device_and_backend, _replace_linears
 
 __all__ = [
     "ACTIVATIONS",
@@ -366,9 +365,7 @@ def convert_for_inference(
     if module_filter_fn is not None and not callable(module_filter_fn):
         raise Fp8TypeError("module_filter_fn must be callable(module, fqn) -> bool")
     fmt = get_format(format).name
-    params = list(model.parameters())
-    device = params[0].device.type if params else "cpu"
-    chosen = select_backend(backend, device)
+    device, chosen = _device_and_backend(model, backend)
     report = InferenceReport(chosen.name, weight_granularity, activation, activation_granularity)
 
     def replace(name: str, module: nn.Linear) -> nn.Module:
