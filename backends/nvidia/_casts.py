@@ -18,7 +18,6 @@ rejects views into a shared buffer).
 
 from __future__ import annotations
 
-import math
 import os
 import struct
 from functools import lru_cache
@@ -62,9 +61,8 @@ def fmt_constants(fmt: Format, saturate: bool) -> dict:
     hw = _HW_CVT.get(fmt.name, 0)
     if K.INTERPRET or os.environ.get("PORTABLE_FP8_NVIDIA_INTEGER_CAST") == "1":
         hw = 0
-    # Overflow boundary: max + half an ulp of max; the tie there rounds up iff max is odd.
-    ulp = 2.0 ** (math.floor(math.log2(fmt.max)) - fmt.mantissa_bits)
-    boundary = struct.unpack("<i", struct.pack("<f", fmt.max + ulp / 2))[0]
+    # The tie at the overflow boundary rounds up iff max's code is odd.
+    boundary = struct.unpack("<i", struct.pack("<f", fmt.overflow_boundary))[0]
     return {
         "M": fmt.mantissa_bits,
         "EMIN": fmt.min_normal_exponent,

@@ -177,12 +177,10 @@ def _from_json(value):
 
 
 def _saturation_bound(fmt: Format) -> float:
-    """Half a format step above ``fmt.max``: a scaled value beyond it is clipped by the cast
-    (below it, an unbounded format would also have rounded to ``max``: rounding, not
-    saturation). The step above max is ``2**(floor(log2 max) - mantissa_bits)``; the tie at
-    the bound rounds to even, which is ``max`` (the largest code has an even mantissa)."""
-    step = 2.0 ** (math.floor(math.log2(fmt.max)) - fmt.mantissa_bits)
-    return fmt.max + step / 2
+    """Half a format step above ``fmt.max`` (:attr:`Format.overflow_boundary`): a scaled
+    value beyond it is clipped by the cast (below it, an unbounded format would also have
+    rounded to ``max``: rounding, not saturation). A value exactly at it is not counted."""
+    return fmt.overflow_boundary
 
 
 def _error_terms(xz: torch.Tensor, deq: torch.Tensor, finite: torch.Tensor):

@@ -21,6 +21,7 @@ its E4M3 range (+-240).
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -196,6 +197,13 @@ class Format:
             return torch.uint8
         dtype = getattr(torch, self.torch_dtype_name or "", None)
         return dtype if isinstance(dtype, torch.dtype) else torch.uint8
+
+    @property
+    def overflow_boundary(self) -> float:
+        """``max`` plus half the step above it, ``2**(floor(log2 max) - mantissa_bits)``: a
+        magnitude beyond it rounds past ``max`` (overflows); one below it rounds to ``max``
+        at most. The tie at the boundary rounds up exactly when ``max``'s code is odd."""
+        return self.max + 2.0 ** (math.floor(math.log2(self.max)) - self.mantissa_bits) / 2
 
     @property
     def max_code(self) -> int:
