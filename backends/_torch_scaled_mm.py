@@ -1,4 +1,4 @@
-"""torch's scaled FP8 matrix product for the backends that call it (``cpu``, ``xpu``).
+"""torch's scaled FP8 matrix product for the backends that call it (``cpu``, ``xpu``, ``cuda``).
 
 The public ``torch.nn.functional.scaled_mm`` where the installed torch has it, else the
 private ``torch._scaled_mm`` (older torch). Both compute ``(a @ b) * scale_a * scale_b``
@@ -6,10 +6,10 @@ with dequantisation factors (``fp32(1 / s)``) as scales: one 0-d factor each (te
 or ``(M, 1)`` and ``(1, N)`` factors (rowwise A, columnwise B). The two paths give
 bit-identical results (tests/test_torch_scaled_mm.py, on CPU, where torch has both).
 
-The ``cuda`` backend keeps ``torch._scaled_mm``: its cuBLASLt layouts (blockwise scale
-layouts, padding) were verified on GPUs through that entry, and the public function's
-argument checks in Python add about 2 us of host time per call (measured on CPU: 30.3 vs
-28.4 us for a 16x32x16 product) against that backend's 5 us budget per GEMM.
+The ``cuda`` backend calls it for tensorwise and rowwise GEMMs; its 1x128 x 128x128 GEMMs
+keep ``torch._scaled_mm``, the entry their scale layouts were verified through. The public
+function's argument checks in Python cost about 2 us of host time per call (measured on CPU:
+30.3 vs 28.4 us for a 16x32x16 product).
 """
 
 from __future__ import annotations

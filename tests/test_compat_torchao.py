@@ -61,8 +61,8 @@ def module_filter_fn(mod: nn.Module, fqn: str) -> bool:
     return True
 
 
-def train(recipe_name: str, steps: int = 25, convert: bool = True):
-    model = build_model()
+def train(recipe_name: str, steps: int = 25, convert: bool = True, device: str = "cpu"):
+    model = build_model().to(device)
     if convert:
         config = Float8LinearConfig.from_recipe_name(recipe_name)
         model = convert_to_float8_training(model, module_filter_fn=module_filter_fn, config=config)
@@ -72,7 +72,7 @@ def train(recipe_name: str, steps: int = 25, convert: bool = True):
     losses = []
     for _ in range(steps):
         x = torch.randn(4, 16, 64, generator=gen)
-        y = torch.tanh(x @ teacher)
+        x, y = x.to(device), torch.tanh(x @ teacher).to(device)
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
@@ -172,6 +172,23 @@ def test_torchao_script_trains(script, name):
         assert loss.item() == want
     for p, q in zip(direct.parameters(), model.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_torchao_script_trains_on_the_gpu(name):
+    """The same script, its model moved to the GPU as torchao's examples do: the tensors'
+    device picks the ``cuda`` backend, the same layers convert, and training works."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model, losses = _load(_our_script())["train"](name, device="cuda")
+    assert [type(model[i]) for i in (0, 2, 4, 5)] == [pn.Linear, pn.Linear, nn.Linear, nn.Linear]
+    report = model.fp8_conversion
+    assert report.converted == ["0", "2"] and report.excluded == ["4", "5"]
+    assert report.skipped == {} and report.backend == "cuda"
+    assert model[0].recipe == DOCUMENTED[name]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
 
 
 def _e4m3_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

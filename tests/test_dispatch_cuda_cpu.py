@@ -92,13 +92,20 @@ def test_tensorwise_with_bias_and_c(cuda_backend):
 def test_fast_accum_reaches_torch_scaled_mm(cuda_backend, monkeypatch, fast_accum, shape):
     m, k, n = shape
     flags = []
-    original = torch._scaled_mm
 
-    def recording(*args, **kwargs):
-        flags.append(kwargs["use_fast_accum"])
-        return original(*args, **kwargs)
+    def recorder(original):
+        def recording(*args, **kwargs):
+            flags.append(kwargs["use_fast_accum"])
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(torch, "_scaled_mm", recording)
+        return recording
+
+    # Whichever entry the backend calls (the public one where torch has it) records the flag.
+    monkeypatch.setattr(torch, "_scaled_mm", recorder(torch._scaled_mm))
+    if hasattr(torch.nn.functional, "scaled_mm"):
+        monkeypatch.setattr(
+            torch.nn.functional, "scaled_mm", recorder(torch.nn.functional.scaled_mm)
+        )
     qa, qb = _codes(m, k, seed=4), _codes(n, k, seed=5).t()
     a = Fp8Tensor(qa, torch.tensor(2.0), E4M3FN, TENSORWISE)
     b = Fp8Tensor(qb, torch.tensor(0.5), E4M3FN, TENSORWISE)

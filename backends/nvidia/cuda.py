@@ -1,4 +1,8 @@
-"""The ``cuda`` backend: GEMMs through cuBLASLt (``torch._scaled_mm``), casts in Triton.
+"""The ``cuda`` backend: GEMMs through cuBLASLt, casts in Triton.
+
+Tensorwise and rowwise GEMMs call torch's public ``torch.nn.functional.scaled_mm`` where the
+installed torch has it, else ``torch._scaled_mm`` (``backends/_torch_scaled_mm.py``); 1x128 x
+128x128 GEMMs call ``torch._scaled_mm``, the entry their scale layouts were verified through.
 
 Layout handling for cuBLASLt (also stated in docs/nvidia.md): A is passed row-major and B
 column-major; an operand in the other layout is copied once. K and N must be multiples of 16:
@@ -32,12 +36,14 @@ from portable_fp8.errors import Fp8ValueError
 from portable_fp8.numerics.granularity import TENSORWISE
 from portable_fp8.numerics.tensor import Fp8Tensor
 
+from .._torch_scaled_mm import has_public_scaled_mm, torch_scaled_mm
 from ._base import GEMM_MODES, NvidiaBackend
 from ._facts import HOPPER_FAST_ACCUMULATOR
 
 __all__ = ["CudaBackend", "portable_fp8_backends"]
 
 _TENSORWISE, _ROWWISE, _BLOCKWISE = 0, 1, 2
+_ENTRY = "torch.nn.functional.scaled_mm" if has_public_scaled_mm() else "torch._scaled_mm"
 
 
 def _pad_to(t: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
@@ -50,7 +56,7 @@ def _pad_to(t: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
 
 
 class CudaBackend(NvidiaBackend):
-    """cuBLASLt GEMMs via torch._scaled_mm; Triton casts."""
+    """cuBLASLt GEMMs via torch's scaled_mm; Triton casts."""
 
     name = "cuda"
     priority = 50
@@ -60,7 +66,7 @@ class CudaBackend(NvidiaBackend):
         super().__init__(
             e5m2_pair=False,
             notes=(
-                "GEMMs: cuBLASLt via torch._scaled_mm (use_fast_accum="
+                f"GEMMs: cuBLASLt via {_ENTRY} (use_fast_accum="
                 f"{self.fast_accum}); 1x128x128x128 via cuBLASLt where torch accepts it",
                 "K and N padded to multiples of 16 (copies) where they are not",
                 "casts: Triton kernels with integer round-to-nearest-even / stochastic rounding",
@@ -77,7 +83,7 @@ class CudaBackend(NvidiaBackend):
 
     def describe(self) -> dict:
         facts = super().describe()
-        facts["gemm_path"] = "torch._scaled_mm (cuBLASLt) for tensorwise and rowwise"
+        facts["gemm_path"] = f"{_ENTRY} (cuBLASLt) for tensorwise and rowwise"
         facts["use_fast_accum"] = self.fast_accum
         if self._blockwise is not None:
             facts["blockwise_path"] = self._blockwise
@@ -110,7 +116,7 @@ class CudaBackend(NvidiaBackend):
                 and b_cols >= k
                 and not (k % 16 or n % 16 or sa.dim() or sb.dim())
             ):
-                return torch._scaled_mm(qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=fast)
+                return torch_scaled_mm(qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=fast)
             return self._cublas(qa, qb, sa, sb, _TENSORWISE, out_dtype, fast)
         mode = GEMM_MODES[(a.granularity.name, b.granularity.name)]  # str keys hash fast
         if mode == _BLOCKWISE:
@@ -158,7 +164,7 @@ class CudaBackend(NvidiaBackend):
         if mode == _TENSORWISE and not (kpad or npad):  # the common case, kept short
             if sa.dim() or sb.dim():
                 sa, sb = sa.reshape(()), sb.reshape(())
-            return torch._scaled_mm(qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=fast)
+            return torch_scaled_mm(qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=fast)
         if kpad:
             qa = _pad_to(qa, 1, 16)
             qb = _pad_to(qb.t(), 1, 16).t()
@@ -178,14 +184,10 @@ class CudaBackend(NvidiaBackend):
             sb = self._b_block_scale(sb)
         elif sa.dim() or sb.dim():
             sa, sb = sa.reshape(()), sb.reshape(())
-        out = torch._scaled_mm(
-            qa,
-            qb,
-            sa,
-            sb,
-            out_dtype=out_dtype,
-            use_fast_accum=fast and mode != _BLOCKWISE,
-        )
+        if mode == _BLOCKWISE:  # 1x128 x 128x128 scale layouts: verified through this entry
+            out = torch._scaled_mm(qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=False)
+        else:
+            out = torch_scaled_mm(qa, qb, sa, sb, out_dtype=out_dtype, use_fast_accum=fast)
         return out[:, :n] if npad else out
 
     _b_layout = "as_is"
