@@ -24,6 +24,12 @@ def has_public_scaled_mm() -> bool:
     return hasattr(torch.nn.functional, "scaled_mm") and hasattr(torch.nn.functional, "ScalingType")
 
 
+#: Device types on which this torch's public entry raised NotImplementedError: torch 2.11
+#: has ``torch.nn.functional.scaled_mm`` but its kernel (``aten::_scaled_mm_v2``) only for
+#: CUDA, while ``torch._scaled_mm`` also runs on CPU. Learnt once per device type.
+_PUBLIC_MISSING_ON: set[str] = set()
+
+
 def torch_scaled_mm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -34,24 +40,28 @@ def torch_scaled_mm(
     use_fast_accum: bool = False,
 ) -> torch.Tensor:
     """``(a @ b) * scale_a * scale_b`` through torch: tensorwise when both factors are
-    0-d (or one element), else rowwise (``(M, 1)`` x ``(1, N)``)."""
-    if not has_public_scaled_mm():
-        return torch._scaled_mm(
-            a, b, scale_a, scale_b, out_dtype=out_dtype, use_fast_accum=use_fast_accum
+    0-d (or one element), else rowwise (``(M, 1)`` x ``(1, N)``). The public entry where
+    this torch has it for ``a``'s device type, else the private one."""
+    if has_public_scaled_mm() and a.device.type not in _PUBLIC_MISSING_ON:
+        f = torch.nn.functional
+        kind = (
+            f.ScalingType.TensorWise
+            if scale_a.numel() == 1 and scale_b.numel() == 1
+            else f.ScalingType.RowWise
         )
-    f = torch.nn.functional
-    kind = (
-        f.ScalingType.TensorWise
-        if scale_a.numel() == 1 and scale_b.numel() == 1
-        else f.ScalingType.RowWise
-    )
-    return f.scaled_mm(
-        a,
-        b,
-        scale_a,
-        kind,
-        scale_b,
-        kind,
-        output_dtype=out_dtype,
-        use_fast_accum=use_fast_accum,
+        try:
+            return f.scaled_mm(
+                a,
+                b,
+                scale_a,
+                kind,
+                scale_b,
+                kind,
+                output_dtype=out_dtype,
+                use_fast_accum=use_fast_accum,
+            )
+        except NotImplementedError:  # no kernel of the public op for this device type
+            _PUBLIC_MISSING_ON.add(a.device.type)
+    return torch._scaled_mm(
+        a, b, scale_a, scale_b, out_dtype=out_dtype, use_fast_accum=use_fast_accum
     )

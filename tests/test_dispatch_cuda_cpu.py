@@ -111,6 +111,8 @@ def test_fast_accum_reaches_torch_scaled_mm(cuda_backend, monkeypatch, fast_accu
     b = Fp8Tensor(qb, torch.tensor(0.5), E4M3FN, TENSORWISE)
     kw = {"fast_accum": True} if fast_accum else {}
     cuda_backend.scaled_mm(a, b, out_dtype=torch.bfloat16, bias=None, c=None, **kw)
-    assert flags == [fast_accum]
+    # One call; two records where the public entry has no CPU kernel (torch 2.11) and the
+    # private one answers.
+    assert flags and set(flags) == {fast_accum}
     caps = cuda_backend.capabilities
     assert caps.fast_accumulator is not None and caps.fast_accumulator != caps.accumulator

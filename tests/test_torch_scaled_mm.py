@@ -10,8 +10,22 @@ from portable_fp8.backends import _torch_scaled_mm as tsm
 
 import portable_fp8 as fp8
 
+
+def _public_runs_on_cpu() -> bool:
+    """torch 2.11 has the public entry with a CUDA-only kernel; 2.13 runs it on CPU."""
+    if not tsm.has_public_scaled_mm():
+        return False
+    a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+    f, one = torch.nn.functional, torch.tensor(1.0)
+    try:
+        f.scaled_mm(a, a.t(), one, f.ScalingType.TensorWise, one, f.ScalingType.TensorWise)
+    except NotImplementedError:
+        return False
+    return True
+
+
 pytestmark = pytest.mark.skipif(
-    not tsm.has_public_scaled_mm(), reason="this torch has no torch.nn.functional.scaled_mm"
+    not _public_runs_on_cpu(), reason="this torch has no torch.nn.functional.scaled_mm on CPU"
 )
 
 
@@ -63,3 +77,23 @@ def test_cpu_backend_gemm_is_the_same_on_either_entry(monkeypatch):
     monkeypatch.delattr(torch.nn.functional, "scaled_mm")
     again = fp8.scaled_mm(xq, wq.t(), out_dtype=torch.float32, backend="cpu")
     assert torch.equal(got, again)
+
+
+def test_a_public_entry_without_a_kernel_for_the_device_falls_back(monkeypatch):
+    """As on torch 2.11 (public op CUDA-only): the private entry answers, bit-identically,
+    and the public one is not tried again for that device type."""
+    gen = torch.Generator().manual_seed(3)
+    a, b = _operands(gen)
+    sa, sb = torch.tensor(0.5), torch.tensor(2.0)
+    calls = []
+
+    def no_kernel(*args, **kwargs):
+        calls.append(1)
+        raise NotImplementedError("Could not run 'aten::_scaled_mm_v2' with arguments from CPU")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_mm", no_kernel)
+    monkeypatch.setattr(tsm, "_PUBLIC_MISSING_ON", set())
+    want = torch._scaled_mm(a, b, sa, sb, out_dtype=torch.float32)
+    for _ in range(2):
+        assert torch.equal(tsm.torch_scaled_mm(a, b, sa, sb, out_dtype=torch.float32), want)
+    assert calls == [1] and {"cpu"} == tsm._PUBLIC_MISSING_ON
