@@ -24,8 +24,10 @@ The cast of ``x`` with quantisation scale ``s`` into a format ``F`` is defined a
 
 NaN results carry the input's sign where the format has one (``Format.nan_code | sign_bit``:
 ``0x7F | sign`` for the 8-bit OCP formats; ``0x80`` for FNUZ; ``0xFF`` for E8M0). Formats
-without NaN and inf (``NanEncoding.NONE``) have no defined cast yet: the emulator refuses
-them with :class:`~portable_fp8.errors.NotSupportedError`. The contract treats every NaN
+without NaN and inf (``NanEncoding.NONE``: the OCP MX sub-byte formats E2M1, E2M3, E3M2)
+always saturate, whatever ``saturate`` says (there is no inf or NaN code to overflow to):
+overflow and +-inf become +-max, and a NaN input raises
+:class:`~portable_fp8.errors.Fp8ValueError` (there is no code for it). The contract treats every NaN
 code alike: a backend may return any NaN code where the reference returns NaN.
 
 Stochastic rounding with explicit random bits: for each element, let ``lo`` and ``hi`` be the
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import Fp8TypeError, NotSupportedError
+from ..errors import Fp8TypeError, Fp8ValueError
 from .formats import Format, NanEncoding
 
 __all__ = [
@@ -82,8 +84,8 @@ def round_to_codes(
     """
     if y.dtype != torch.float32:
         raise Fp8TypeError(f"round_to_codes: y must be float32, got {y.dtype}")
-    if not fmt.has_nan:
-        raise NotSupportedError("reference", f"casts to {fmt.name} (a format without NaN/inf)")
+    if not fmt.has_nan and bool(torch.isnan(y).any()):
+        raise Fp8ValueError(f"round_to_codes: NaN has no code in {fmt.name} (no NaN in format)")
     flat = y.reshape(-1)
     out = torch.empty(flat.shape, dtype=torch.uint8, device=y.device)
     bits_flat = None if rand_bits is None else rand_bits.reshape(-1)
@@ -110,7 +112,9 @@ def _round_chunk(
 
     max_code = fmt.max_code
     nan_code = fmt.nan_code
-    if saturate:
+    if not fmt.has_nan:  # no inf/NaN codes: always saturating; NaN inputs were refused
+        overflow_code = inf_code = nan_code = max_code
+    elif saturate:
         overflow_code = max_code
         inf_code = nan_code if fmt.nan_encoding is NanEncoding.NEGATIVE_ZERO else max_code
     else:
@@ -194,7 +198,12 @@ def _e8m0_magnitude_code(
 
 
 def codes_to_float(codes: torch.Tensor, fmt: Format) -> torch.Tensor:
-    """Decode uint8 codes of ``fmt`` to float32 (exact: every FP8 value is an fp32 value)."""
+    """Decode uint8 codes of ``fmt`` to float32 (exact: every FP8 value is an fp32 value).
+
+    Sub-byte formats read the code from the low ``fmt.bits`` bits; a code with higher bits
+    set raises :class:`~portable_fp8.errors.Fp8ValueError`."""
+    if fmt.bits < 8 and codes.numel() and int(codes.to(torch.int64).max()) >= fmt.code_count:
+        raise Fp8ValueError(f"codes_to_float: a {fmt.name} code is below {fmt.code_count}")
     table = fmt.code_values.to(device=codes.device, dtype=torch.float32)
     return table[codes.to(torch.int64)]
 

@@ -39,7 +39,11 @@ __all__ = [
     "E5M2FNUZ",
     "E4M3_GAUDI2",
     "E8M0FNU",
+    "E2M1FN",
+    "E2M3FN",
+    "E3M2FN",
     "FORMATS",
+    "SUBBYTE_FORMATS",
     "get_format",
     "element_formats",
 ]
@@ -56,9 +60,9 @@ class NanEncoding(enum.Enum):
     NEGATIVE_ZERO = "negative_zero"
     #: Unsigned exponent-only scale: 0xFF is NaN (OCP MX E8M0).
     EXPONENT_ALL_ONES = "exponent_all_ones"
-    #: No NaN and no infinity: every code is a finite value (e.g. OCP MX's 4-bit E2M1). The
-    #: contract does not define casts into such formats yet (what NaN and inf inputs become):
-    #: the emulator refuses them; their code tables are defined.
+    #: No NaN and no infinity: every code is a finite value (OCP MX's E2M1, E2M3, E3M2). Casts
+    #: into them saturate (overflow and +-inf become +-max) and refuse NaN inputs
+    #: (docs/contract.md, "Sub-byte element formats").
     NONE = "none"
 
 
@@ -313,6 +317,46 @@ E8M0FNU = Format(
     element=False,
 )
 
+# OCP Microscaling Formats (MX) Specification v1.0, section 5.3 (element data types): FP4
+# E2M1 (bias 1, max 6), FP6 E2M3 (bias 1, max 7.5) and E3M2 (bias 3, max 28); none has inf or
+# NaN, all have -0 and subnormals. Codes are held one per uint8 (low bits); pack_fp4 and
+# pack_fp6 (numerics.packing) pack them densely. Section 5.4 gives E8M0 (E8M0FNU above).
+E2M1FN = Format(
+    "e2m1fn",
+    2,
+    1,
+    1,
+    6.0,
+    NanEncoding.NONE,
+    bits=4,
+    description="OCP MX FP4 E2M1: no inf, no NaN, max 6",
+)
+E2M3FN = Format(
+    "e2m3fn",
+    2,
+    3,
+    1,
+    7.5,
+    NanEncoding.NONE,
+    bits=6,
+    description="OCP MX FP6 E2M3: no inf, no NaN, max 7.5",
+)
+E3M2FN = Format(
+    "e3m2fn",
+    3,
+    2,
+    3,
+    28.0,
+    NanEncoding.NONE,
+    bits=6,
+    description="OCP MX FP6 E3M2: no inf, no NaN, max 28",
+)
+
+#: The sub-byte element formats by name. Kept out of :data:`FORMATS` (which backends,
+#: capabilities, conformance cases and the CLI enumerate) until they work end to end there;
+#: :func:`get_format` finds them by name, and the emulator casts (numerics.cast) accept them.
+SUBBYTE_FORMATS: dict[str, Format] = {f.name: f for f in (E2M1FN, E2M3FN, E3M2FN)}
+
 #: Every known format by name.
 FORMATS: dict[str, Format] = {
     f.name: f for f in (E4M3FN, E5M2, E4M3FNUZ, E5M2FNUZ, E4M3_GAUDI2, E8M0FNU)
@@ -342,6 +386,9 @@ def get_format(spec: str | torch.dtype | Format) -> Format:
         key = spec.lower().removeprefix("torch.").removeprefix("float8_")
         if key in FORMATS:
             return FORMATS[key]
+        subbyte = key.removeprefix("float4_").removeprefix("float6_")
+        if subbyte in SUBBYTE_FORMATS:
+            return SUBBYTE_FORMATS[subbyte]
         raise UnknownFormatError(
             f"unknown FP8 format {spec!r}; known formats: {', '.join(FORMATS)}"
         )
