@@ -464,3 +464,31 @@ def test_the_docs_example_runs_and_its_file_draws(tmp_path, monkeypatch, capsys)
     assert len(telemetry.read_jsonl("run.jsonl")) == 3 * 2 * 3  # steps 0, 10, 20
     assert cli.main(["telemetry", "run.jsonl", "--report", "run.html"]) == 0
     assert (tmp_path / "run.html").exists()
+
+
+def _fp8_formats():
+    """The byte-wide element formats the emulator casts to (every one has NaN or inf)."""
+    from portable_fp8.numerics.formats import element_formats
+
+    return [f for f in element_formats() if f.packing == "byte" and f.has_nan]
+
+
+@pytest.mark.parametrize("fmt", _fp8_formats(), ids=lambda f: f.name)
+def test_saturation_count_agrees_with_the_emulator_cast_at_the_overflow_boundary(fmt):
+    """At ``max``, one fp32 ulp below the boundary, exactly at it and one ulp above, a
+    value counts as saturated exactly when the emulator's non-saturating cast overflows
+    it (its code is inf or NaN rather than ``max``): the tie at the boundary included."""
+    from portable_fp8.numerics.cast import round_to_codes
+
+    bound = torch.tensor(fmt.overflow_boundary, dtype=torch.float32)
+    assert float(bound) == fmt.overflow_boundary  # the boundary is an fp32 number
+    inf = torch.tensor(math.inf)
+    y = torch.stack([
+        torch.tensor(fmt.max), torch.nextafter(bound, -inf), bound, torch.nextafter(bound, inf)
+    ]).float()  # fmt: skip
+    y = torch.cat([y, -y])
+    codes = round_to_codes(y, fmt, saturate=False).long()
+    values = fmt.code_values[codes]
+    overflowed = values.isnan() | values.isinf()
+    assert (overflowed | (values.abs() == fmt.max)).all()  # nothing else is reached
+    assert torch.equal(telemetry._saturated(y, fmt), overflowed)

@@ -61,7 +61,6 @@ def fmt_constants(fmt: Format, saturate: bool) -> dict:
     hw = _HW_CVT.get(fmt.name, 0)
     if K.INTERPRET or os.environ.get("PORTABLE_FP8_NVIDIA_INTEGER_CAST") == "1":
         hw = 0
-    # The tie at the overflow boundary rounds up iff max's code is odd.
     boundary = struct.unpack("<i", struct.pack("<f", fmt.overflow_boundary))[0]
     return {
         "M": fmt.mantissa_bits,
@@ -74,7 +73,7 @@ def fmt_constants(fmt: Format, saturate: bool) -> dict:
         "SIGN_BIT": fmt.sign_bit,
         "HW": hw,
         "OVF_BITS": boundary,
-        "OVF_AT_TIE": bool(fmt.max_code & 1),
+        "OVF_AT_TIE": fmt.overflows_at_boundary,
     }
 
 

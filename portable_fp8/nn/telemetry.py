@@ -176,11 +176,13 @@ def _from_json(value):
 # --- the statistics ---------------------------------------------------------------------
 
 
-def _saturation_bound(fmt: Format) -> float:
-    """Half a format step above ``fmt.max`` (:attr:`Format.overflow_boundary`): a scaled
-    value beyond it is clipped by the cast (below it, an unbounded format would also have
-    rounded to ``max``: rounding, not saturation). A value exactly at it is not counted."""
-    return fmt.overflow_boundary
+def _saturated(y: torch.Tensor, fmt: Format) -> torch.Tensor:
+    """Mask of the scaled values ``y`` the cast rounds past ``fmt.max`` (clips, where
+    saturating): beyond :attr:`Format.overflow_boundary`, or exactly at it when that tie
+    rounds up (:attr:`Format.overflows_at_boundary`). Below it, an unbounded format would
+    also have rounded to ``max``: rounding, not saturation."""
+    a, bound = y.abs(), fmt.overflow_boundary
+    return a >= bound if fmt.overflows_at_boundary else a > bound
 
 
 def _error_terms(xz: torch.Tensor, deq: torch.Tensor, finite: torch.Tensor):
@@ -217,7 +219,7 @@ def _cast_stats(x: torch.Tensor, q: Fp8Tensor, backend: str | None) -> dict[str,
     n_nonzero = nonzero.sum().clamp(min=1).to(torch.float64)
     mag = codes.abs()
     signal, noise = _error_terms(xz, deq, finite)
-    saturated = ((xf * scale).abs() > _saturation_bound(fmt)).sum().to(torch.float64)
+    saturated = _saturated(xf * scale, fmt).sum().to(torch.float64)
     nan = (xf != xf).sum()
     return {
         "amax": ops.compute_amax(x),

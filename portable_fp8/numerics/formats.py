@@ -206,8 +206,17 @@ class Format:
     def overflow_boundary(self) -> float:
         """``max`` plus half the step above it, ``2**(floor(log2 max) - mantissa_bits)``: a
         magnitude beyond it rounds past ``max`` (overflows); one below it rounds to ``max``
-        at most. The tie at the boundary rounds up exactly when ``max``'s code is odd."""
+        at most. Whether the tie exactly at it overflows is :attr:`overflows_at_boundary`."""
         return self.max + 2.0 ** (math.floor(math.log2(self.max)) - self.mantissa_bits) / 2
+
+    @property
+    def overflows_at_boundary(self) -> bool:
+        """True when a magnitude exactly at :attr:`overflow_boundary` rounds past ``max``
+        under round-to-nearest-even: the tie goes to the neighbour with the even code, and
+        the neighbour above ``max`` (the next code, or the power of two past the top
+        binade) has the even one exactly when ``max``'s code is odd (E5M2's 0x7B: the tie
+        overflows; E4M3FN's 0x7E: it rounds to ``max``)."""
+        return bool(self.max_code & 1)
 
     @property
     def max_code(self) -> int:
