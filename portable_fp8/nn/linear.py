@@ -47,6 +47,7 @@ from ..numerics.formats import get_format
 from ..numerics.granularity import TENSORWISE, Granularity
 from ..numerics.scaling import scale_from_amax
 from ..numerics.tensor import Fp8Tensor
+from ._distributed import reduce_amaxes, reduction_group
 from .recipes import ROLES, CurrentScaling, DelayedScaling, GemmSpec, Recipe, StaticScaling
 
 __all__ = ["Linear"]
@@ -76,6 +77,9 @@ class _Cfg(NamedTuple):
     #: Telemetry hook (:mod:`.telemetry`), None when off: ``probe(role, hp, q)`` gets each
     #: high-precision operand and its cast; it reads them and changes nothing.
     probe: Callable[[str, torch.Tensor, Fp8Tensor], None] | None = None
+    #: Process group the amaxes are all-reduced over (MAX), None: no reduction
+    #: (:func:`._distributed.reduction_group`).
+    amax_group: object = None
 
 
 def _quantize(x: torch.Tensor, fmt: str, gran: Granularity, scale, cfg: _Cfg) -> Fp8Tensor:
@@ -133,29 +137,44 @@ def _mm(
     )  # fmt: skip
 
 
+def _amax_stats(tensors: tuple[torch.Tensor, ...], cfg: _Cfg):
+    """(amax, non-empty) of each tensor, all-reduced in one collective over
+    ``cfg.amax_group``; None when there is no group (each cast then takes its own amax)."""
+    if cfg.amax_group is None:
+        return None
+    amaxes = [_amax(t, cfg) for t in tensors]
+    reduced, nonempty = reduce_amaxes(tensors, amaxes, cfg.amax_group)
+    return list(zip(reduced, nonempty, strict=True))
+
+
 def _tensor_scale(
-    role: int, x: torch.Tensor, fmt: str, cfg: _Cfg, history, scales
+    role: int, x: torch.Tensor, fmt: str, cfg: _Cfg, history, scales, stat=None
 ) -> torch.Tensor | None:
-    """The tensorwise scale for ``x`` in ``role`` (None: let the backend compute it)."""
+    """The tensorwise scale for ``x`` in ``role`` (None: let the backend compute it).
+
+    ``stat``: ``(amax, non-empty)`` from :func:`_amax_stats` (reduced across ranks); None:
+    ``x``'s own amax, where one is needed.
+    """
     r = cfg.recipe
     f = get_format(fmt)
     if isinstance(r, StaticScaling):
         return torch.full((), r.scales()[ROLES[role]], dtype=torch.float32, device=x.device)
+    amax, nonempty = stat if stat is not None else (None, x.numel() > 0)
     if isinstance(r, DelayedScaling):
-        amax = _amax(x, cfg)
+        amax = _amax(x, cfg) if amax is None else amax
         hist = history[role]
         current = scale_from_amax(amax, f, margin=r.margin, power_of_two=r.power_of_two,
                                   choices=r.scale_choices)  # fmt: skip
         # Empty history (first step): scale from the current amax instead of the initial 1.
         scale = torch.where(hist.amax() > 0, scales[role], current)
-        if cfg.update_state and x.numel() > 0:  # an empty batch says nothing about the range
+        if cfg.update_state and nonempty:  # an empty batch says nothing about the range
             hist.copy_(torch.cat([amax.reshape(1), hist[:-1]]))
             ref = hist.amax() if r.amax_compute == "max" else hist[0]
             scales[role] = scale_from_amax(ref, f, margin=r.margin, power_of_two=r.power_of_two,
                                            choices=r.scale_choices)  # fmt: skip
         return scale
-    if r.scale_choices is not None:
-        amax = _amax(x, cfg)
+    if r.scale_choices is not None or amax is not None:
+        amax = _amax(x, cfg) if amax is None else amax
         return scale_from_amax(amax, f, margin=r.margin, power_of_two=r.power_of_two,
                                choices=r.scale_choices)  # fmt: skip
     return None
@@ -199,9 +218,10 @@ class _Fp8LinearFn(torch.autograd.Function):
             # wgrad needs x itself instead of x^T codes.
             need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
             hp_dw = need_dw and not r.wgrad.quantized
-            sx = _tensor_scale(0, x2, fx, cfg, history, scales)
+            stats = _amax_stats((x2, w), cfg) or (None, None)  # one collective for both
+            sx = _tensor_scale(0, x2, fx, cfg, history, scales, stats[0])
             qx, qx_t = _quantize_pair(x2, fx, sx, cfg, transposed=need_dw and not hp_dw)
-            sw = _tensor_scale(1, w, fw, cfg, history, scales)
+            sw = _tensor_scale(1, w, fw, cfg, history, scales, stats[1])
             qw, qw_t = _quantize_pair(w, fw, sw, cfg, transposed=need_dx)
             if cfg.probe is not None:  # telemetry hook point
                 cfg.probe("input", x2, qx)
@@ -244,7 +264,8 @@ class _Fp8LinearFn(torch.autograd.Function):
             # codes if need_dx
             saved = list(ctx.saved_tensors)
             fg = r.dgrad.a_format
-            sg = _tensor_scale(2, dy2, fg, cfg, ctx.history, ctx.scales)
+            stat = (_amax_stats((dy2,), cfg) or (None,))[0]
+            sg = _tensor_scale(2, dy2, fg, cfg, ctx.history, ctx.scales, stat)
             qdy, qdy_t = _quantize_pair(dy2, fg, sg, cfg, transposed=need_dw and not hp_dw)
             if cfg.probe is not None:  # telemetry hook point
                 cfg.probe("grad_output", dy2, qdy)
@@ -296,6 +317,10 @@ class Linear(nn.Linear):
     ``recipe`` defaults to :class:`~portable_fp8.nn.recipes.CurrentScaling` (tensorwise,
     E4M3 forward, E5M2 gradients). ``backend`` names a backend; None lets the registry choose
     (``use_backend``, ``PORTABLE_FP8_BACKEND``, or the tensors' device).
+    ``amax_reduction_group``: the ``torch.distributed`` process group the recipe's amaxes are
+    all-reduced over when it reduces them (``DelayedScaling`` by default, ``CurrentScaling``
+    with ``reduce_amax=True``); None: the default (world) group. A plain attribute, which
+    may be set after construction or conversion. See docs/distributed.md.
     """
 
     #: Set by :mod:`portable_fp8.nn.telemetry` on sampled steps only (None: telemetry off).
@@ -311,11 +336,13 @@ class Linear(nn.Linear):
         *,
         recipe: Recipe | None = None,
         backend: str | None = None,
+        amax_reduction_group=None,
     ) -> None:
         _custom_ops().prepare_for_compile()  # before any torch.compile can trace forward
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.recipe = recipe if recipe is not None else CurrentScaling()
         self.backend = backend
+        self.amax_reduction_group = amax_reduction_group
         self._init_state(self.weight.device)
 
     def _init_state(self, device) -> None:
@@ -351,6 +378,7 @@ class Linear(nn.Linear):
         # Unpickling and deepcopy skip __init__; a restored layer may be compiled next.
         _custom_ops().prepare_for_compile()
         super().__setstate__(state)
+        self.__dict__.setdefault("amax_reduction_group", None)  # pickled before it existed
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint of the high-precision model has no FP8 state: keep the fresh one
@@ -374,6 +402,7 @@ class Linear(nn.Linear):
             update_state=self.training,
             dtype=dtype,
             probe=self._fp8_probe,
+            amax_group=reduction_group(self.recipe, self.amax_reduction_group),
         )
         out = _Fp8LinearFn.apply(x, self.weight, self.bias, cfg, self.amax_history, self.scale)
         return out

@@ -185,9 +185,16 @@ class Recipe:
 
 @dataclass(frozen=True, kw_only=True)
 class CurrentScaling(Recipe):
-    """Scales from the amax of the tensor being cast, every step (dynamic scaling)."""
+    """Scales from the amax of the tensor being cast, every step (dynamic scaling).
+
+    ``reduce_amax=True`` (tensorwise only; for tensor or sequence parallelism) all-reduces
+    each amax (MAX) over the layer's ``amax_reduction_group`` (default: the world group)
+    before the scale is computed, so every rank casts its shard with the scale of the whole
+    tensor. Off by default: under plain data parallelism each rank's own amax is enough.
+    """
 
     granularity: Literal["tensorwise", "rowwise"] = "tensorwise"
+    reduce_amax: bool = False
 
     def granularities(self) -> tuple[Granularity, Granularity]:
         if self.granularity == "tensorwise":
@@ -197,6 +204,13 @@ class CurrentScaling(Recipe):
         raise Fp8ValueError(
             f"granularity must be 'tensorwise' or 'rowwise', got {self.granularity!r}"
         )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.reduce_amax.__class__ is not bool:
+            raise Fp8TypeError(f"reduce_amax must be a bool, got {self.reduce_amax!r}")
+        if self.reduce_amax and not self.tensorwise:
+            raise Fp8ValueError("reduce_amax needs granularity='tensorwise'")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,10 +225,18 @@ class DelayedScaling(Recipe):
     with no elements, e.g. a rank with no tokens) leaves the history and the scale as they
     are: its amax of 0 says nothing about the range, and recording it would make the next
     step quantise with a scale from an empty window (``most_recent``: scale 1).
+
+    ``reduce_amax`` (default True): when torch.distributed is initialised, each step's
+    amaxes are all-reduced (MAX) over the layer's ``amax_reduction_group`` (default: the
+    world group, i.e. data parallelism) before they enter the history, so every rank keeps
+    the same history and scales, those of one process seeing the whole global batch
+    (TransformerEngine reduces by default too). A batch is empty only if it is empty on
+    every rank. ``reduce_amax=False`` keeps each rank's own history.
     """
 
     history_len: int = 16
     amax_compute: Literal["max", "most_recent"] = "max"
+    reduce_amax: bool = True
 
     def granularities(self) -> tuple[Granularity, Granularity]:
         return get_granularity("tensorwise"), get_granularity("tensorwise")
@@ -226,6 +248,8 @@ class DelayedScaling(Recipe):
             raise Fp8ValueError(
                 f"amax_compute must be 'max' or 'most_recent', got {self.amax_compute!r}"
             )
+        if self.reduce_amax.__class__ is not bool:
+            raise Fp8TypeError(f"reduce_amax must be a bool, got {self.reduce_amax!r}")
         super().__post_init__()
 
 
