@@ -426,3 +426,20 @@ def test_two_bit_accumulator_rounds_to_two_significant_bits(rounding):
     r = np.round(m * 4) if rounding == "nearest" else np.trunc(m * 4)
     want = np.ldexp(r / 4, e)
     assert np.array_equal(got.numpy(), want), (got, want)
+
+
+def test_global_scales_divide_the_exact_sum_before_bias():
+    """Two-level scaling (NVFP4-style per-tensor second scales): the exact float64 sum is
+    multiplied by fp32(1 / g_a) * fp32(1 / g_b) before the bias is added. With g = 2 and 8
+    (powers of two, so fp32(1 / g) is exact) the float64 reference is exact up to one
+    float64 rounding per factor, below fp32's output rounding: the fp32 results agree
+    exactly. Kills the mutant that skips the global scales (mutation sitting 3)."""
+    a, b = _operands(8, 64, 16, ("tensorwise", "tensorwise"), seed=11)
+    bias = torch.linspace(-1, 1, 16)
+    got = reference_scaled_mm(
+        a.data, b.data, a.format, b.format, a.scale, b.scale, a.granularity, b.granularity,
+        bias=bias, a_global_scale=torch.tensor(2.0), b_global_scale=torch.tensor(8.0),
+    )  # fmt: skip
+    e, _, _ = _exact(a, b)
+    want = (e / 16 + bias.double()).float()
+    assert torch.equal(got, want)
