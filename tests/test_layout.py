@@ -20,17 +20,7 @@ PREFIX = {
     "backends": "portable_fp8.backends",
     "conformance": "portable_fp8.conformance",
 }
-ROOMS = (
-    "errors",
-    "numerics",
-    "dispatch",
-    "nn",
-    "optim",
-    "compat",
-    "cli",
-    "backends",
-    "conformance",
-)
+ROOMS = ("errors", "numerics", "dispatch", "nn", "compat", "cli", "backends", "conformance")
 
 
 def _module_name(path: Path) -> tuple[str, bool]:
@@ -95,7 +85,6 @@ ALLOWED: dict[str, set[str | None]] = {
     "numerics": {"errors", "numerics"},
     "dispatch": {"errors", "numerics", "dispatch"},
     "nn": {"errors", "numerics", "dispatch", "nn"},
-    "optim": {"errors", "numerics", "dispatch", "optim"},
     "compat": {"errors", "numerics", "dispatch", "nn", "compat"},
     "backends": {None, "errors", "numerics", "dispatch", "nn", "backends"},
     "conformance": {None, "errors", "numerics", "dispatch", "nn", "backends", "conformance"},
