@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import Fp8ValueError
-from .recipes import CurrentScaling, DelayedScaling, Recipe
+from .recipes import CurrentScaling, Recipe
 
 
 def _dist_ready() -> bool:
@@ -38,9 +38,7 @@ def reduction_group(recipe: Recipe, group):
                 "(torch.distributed.init_process_group) to all-reduce the amax"
             )
         return None
-    if isinstance(recipe, (CurrentScaling, DelayedScaling)):
-        return group if group is not None else torch.distributed.group.WORLD
-    return None
+    return group if group is not None else torch.distributed.group.WORLD
 
 
 def reduce_amaxes(
@@ -51,9 +49,9 @@ def reduce_amaxes(
     ``amaxes[i]`` is the local 0-d fp32 amax of ``tensors[i]``. Every rank of ``group`` must
     call this with the same number of tensors (an empty tensor still takes part).
     """
-    local = [a.reshape(()).to(torch.float32) for a in amaxes]
-    flags = [torch.ones((), dtype=torch.float32) * (t.numel() > 0) for t in tensors]
-    vec = torch.stack(local + [f.to(local[0].device) for f in flags])
+    local = torch.stack([a.reshape(()).to(torch.float32) for a in amaxes])
+    flags = torch.tensor([float(t.numel() > 0) for t in tensors], device=local.device)
+    vec = torch.cat([local, flags])
     torch.distributed.all_reduce(vec, op=torch.distributed.ReduceOp.MAX, group=group)
-    n = len(local)
+    n = len(amaxes)
     return list(vec[:n].unbind()), [bool(v) for v in vec[n:].tolist()]

@@ -149,6 +149,12 @@ class Recipe:
             "grad_output": self.dgrad.a_format,
         }
 
+    def _require_bool(self, field: str) -> None:
+        """Raise Fp8TypeError unless the field holds a bool (not 0/1 or another truthy)."""
+        value = getattr(self, field)
+        if value.__class__ is not bool:
+            raise Fp8TypeError(f"{field} must be a bool, got {value!r}")
+
     def _validate(self) -> None:
         for gemm in ("forward", "dgrad"):
             if not self.gemms()[gemm].quantized:
@@ -156,8 +162,7 @@ class Recipe:
         for spec in self.gemms().values():
             for name in spec.formats():
                 check_margin(self.margin, get_format(name))
-        if self.power_of_two.__class__ is not bool:
-            raise Fp8TypeError(f"power_of_two must be a bool, got {self.power_of_two!r}")
+        self._require_bool("power_of_two")
         if self.scale_choices is not None:
             if not self.tensorwise:
                 raise Fp8ValueError("scale_choices needs a tensorwise recipe")
@@ -207,8 +212,7 @@ class CurrentScaling(Recipe):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.reduce_amax.__class__ is not bool:
-            raise Fp8TypeError(f"reduce_amax must be a bool, got {self.reduce_amax!r}")
+        self._require_bool("reduce_amax")
         if self.reduce_amax and not self.tensorwise:
             raise Fp8ValueError("reduce_amax needs granularity='tensorwise'")
 
@@ -248,8 +252,7 @@ class DelayedScaling(Recipe):
             raise Fp8ValueError(
                 f"amax_compute must be 'max' or 'most_recent', got {self.amax_compute!r}"
             )
-        if self.reduce_amax.__class__ is not bool:
-            raise Fp8TypeError(f"reduce_amax must be a bool, got {self.reduce_amax!r}")
+        self._require_bool("reduce_amax")
         super().__post_init__()
 
 

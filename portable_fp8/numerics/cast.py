@@ -202,8 +202,13 @@ def codes_to_float(codes: torch.Tensor, fmt: Format) -> torch.Tensor:
 
     Sub-byte formats read the code from the low ``fmt.bits`` bits; a code with higher bits
     set raises :class:`~portable_fp8.errors.Fp8ValueError`."""
-    if fmt.bits < 8 and codes.numel() and int(codes.to(torch.int64).max()) >= fmt.code_count:
-        raise Fp8ValueError(f"codes_to_float: a {fmt.name} code is below {fmt.code_count}")
+    if fmt.bits < 8 and codes.numel():
+        top = int(codes.to(torch.int64).max())
+        if top >= fmt.code_count:
+            raise Fp8ValueError(
+                f"codes_to_float: {fmt.name} codes must be below {fmt.code_count} "
+                f"({fmt.bits} bits), got {top}"
+            )
     table = fmt.code_values.to(device=codes.device, dtype=torch.float32)
     return table[codes.to(torch.int64)]
 

@@ -20,26 +20,22 @@ from ..errors import Fp8TypeError, Fp8ValueError
 __all__ = ["pack_fp4", "unpack_fp4", "pack_fp6", "unpack_fp6"]
 
 
-def _check_codes(codes: torch.Tensor, bits: int, group: int, what: str) -> None:
-    if codes.dtype != torch.uint8:
-        raise Fp8TypeError(f"{what}: codes must be uint8, got {codes.dtype}")
-    if codes.dim() == 0 or codes.shape[-1] % group:
-        raise Fp8ValueError(
-            f"{what}: the last dimension must be a multiple of {group}, got shape "
-            f"{tuple(codes.shape)}"
-        )
-    if codes.numel() and int(codes.max()) >= 1 << bits:
-        raise Fp8ValueError(f"{what}: a code does not fit in {bits} bits")
-
-
-def _check_packed(packed: torch.Tensor, group: int, what: str) -> None:
+def _check_packed(packed: torch.Tensor, group: int, what: str, noun: str = "packed bytes") -> None:
+    """uint8, at least 1-D, last dimension a multiple of ``group``."""
     if packed.dtype != torch.uint8:
-        raise Fp8TypeError(f"{what}: packed bytes must be uint8, got {packed.dtype}")
+        raise Fp8TypeError(f"{what}: {noun} must be uint8, got {packed.dtype}")
     if packed.dim() == 0 or packed.shape[-1] % group:
         raise Fp8ValueError(
             f"{what}: the last dimension must be a multiple of {group}, got shape "
             f"{tuple(packed.shape)}"
         )
+
+
+def _check_codes(codes: torch.Tensor, bits: int, group: int, what: str) -> None:
+    """As :func:`_check_packed`, and every code fits in ``bits`` bits."""
+    _check_packed(codes, group, what, "codes")
+    if codes.numel() and int(codes.max()) >= 1 << bits:
+        raise Fp8ValueError(f"{what}: a code does not fit in {bits} bits")
 
 
 def pack_fp4(codes: torch.Tensor) -> torch.Tensor:
