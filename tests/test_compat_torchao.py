@@ -128,6 +128,19 @@ def test_the_switch_is_the_import_line_only():
     assert diff == [f"-{TORCHAO_IMPORT}", f"+{OUR_IMPORT}"]
 
 
+def _assert_converted_and_trained(model: nn.Module, losses: list, name: str, backend: str):
+    # The filter excluded the head and the 8x8 layer; the rest are our FP8 Linear.
+    assert [type(model[i]) for i in (0, 2, 4, 5)] == [pn.Linear, pn.Linear, nn.Linear, nn.Linear]
+    report = model.fp8_conversion
+    assert report.converted == ["0", "2"] and report.excluded == ["4", "5"]
+    assert report.skipped == {} and report.backend == backend
+    assert model[0].recipe == DOCUMENTED[name]
+    # Training works: finite losses, the last five well below the first (float32 on this
+    # data, CPU: 0.494 -> 0.232 in 25 steps; each FP8 recipe ends within 0.5% of that).
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
+
+
 @pytest.fixture(scope="module")
 def script() -> dict:
     return _load(_our_script())
@@ -140,17 +153,7 @@ def test_torchao_script_trains(script, name):
         model, losses = script["train"](name)
         ref, ref_losses = script["train"](name, convert=False)  # the float32 run
 
-    # The filter excluded the head and the 8x8 layer; the rest are our FP8 Linear.
-    assert [type(model[i]) for i in (0, 2, 4, 5)] == [pn.Linear, pn.Linear, nn.Linear, nn.Linear]
-    report = model.fp8_conversion
-    assert report.converted == ["0", "2"] and report.excluded == ["4", "5"]
-    assert report.skipped == {} and report.backend == "cpu"
-    assert model[0].recipe == DOCUMENTED[name]
-
-    # Training works: finite losses, the last five well below the first (float32 on this
-    # data: 0.494 -> 0.232 in 25 steps; each FP8 recipe ends within 0.5% of that).
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
+    _assert_converted_and_trained(model, losses, name, "cpu")
     assert sum(ref_losses[-5:]) / 5 < 0.6 * ref_losses[0]
 
     # The mapping is the documented recipe: training with portable_fp8.convert and that
@@ -182,13 +185,7 @@ def test_torchao_script_trains_on_the_gpu(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model, losses = _load(_our_script())["train"](name, device="cuda")
-    assert [type(model[i]) for i in (0, 2, 4, 5)] == [pn.Linear, pn.Linear, nn.Linear, nn.Linear]
-    report = model.fp8_conversion
-    assert report.converted == ["0", "2"] and report.excluded == ["4", "5"]
-    assert report.skipped == {} and report.backend == "cuda"
-    assert model[0].recipe == DOCUMENTED[name]
-    assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-5:]) / 5 < 0.6 * losses[0]
+    _assert_converted_and_trained(model, losses, name, "cuda")
 
 
 def _e4m3_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
